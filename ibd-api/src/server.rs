@@ -1,0 +1,227 @@
+//! HTTP server plumbing shared by the services: an accept loop with graceful shutdown, per-endpoint
+//! request metrics, and helpers for JSON, bytes and error answers. A service implements [`Service`]
+//! (routing and handlers) and nothing else.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::CONTENT_TYPE;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+use crate::error::ErrorBody;
+
+/// Response bodies may be whole buffers or streams (the WAL append stream sends acks as it goes).
+pub type ResponseBody = BoxBody<Bytes, std::io::Error>;
+pub type HttpResponse = Response<ResponseBody>;
+
+/// A service's routes. `endpoint` names the route for metrics (a fixed, low-cardinality label).
+pub trait Service: Send + Sync + 'static {
+    fn endpoint(&self, req: &Request<Incoming>) -> &'static str;
+    fn call(&self, req: Request<Incoming>) -> impl Future<Output = HttpResponse> + Send;
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabels {
+    endpoint: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabels {
+    endpoint: &'static str,
+    status: u16,
+}
+
+/// `<prefix>_http_request_duration_seconds{endpoint}` and `<prefix>_http_requests_total{endpoint,status}`.
+#[derive(Clone)]
+pub struct RequestMetrics {
+    duration: Family<EndpointLabels, Histogram>,
+    requests: Family<StatusLabels, Counter>,
+}
+
+impl RequestMetrics {
+    /// Registers the request metrics in `registry` (already prefixed by the service name).
+    pub fn register(registry: &mut Registry) -> Self {
+        let duration = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
+            // 10 us .. ~10 s
+            Histogram::new(exponential_buckets(10e-6, 2.0, 21))
+        });
+        let requests = Family::<StatusLabels, Counter>::default();
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from request head to response head, by endpoint",
+            duration.clone(),
+        );
+        registry.register(
+            "http_requests",
+            "Requests answered, by endpoint and status",
+            requests.clone(),
+        );
+        Self { duration, requests }
+    }
+
+    fn observe(&self, endpoint: &'static str, status: StatusCode, started: Instant) {
+        self.duration
+            .get_or_create(&EndpointLabels { endpoint })
+            .observe(started.elapsed().as_secs_f64());
+        self.requests
+            .get_or_create(&StatusLabels {
+                endpoint,
+                status: status.as_u16(),
+            })
+            .inc();
+    }
+}
+
+/// Serves `service` on `listener` until `shutdown` resolves, then lets in-flight requests finish.
+pub async fn serve<S: Service>(
+    listener: TcpListener,
+    service: Arc<S>,
+    metrics: RequestMetrics,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // EMFILE and friends: log, back off briefly, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = service.clone();
+        let metrics = metrics.clone();
+        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let service = service.clone();
+            let metrics = metrics.clone();
+            async move {
+                let started = Instant::now();
+                let endpoint = service.endpoint(&req);
+                let resp = service.call(req).await;
+                metrics.observe(endpoint, resp.status(), started);
+                Ok::<_, Infallible>(resp)
+            }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                log_connection_error(peer, &e);
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+fn log_connection_error(peer: SocketAddr, e: &hyper::Error) {
+    if e.is_incomplete_message() || e.is_closed() {
+        tracing::debug!(%peer, error = %e, "connection closed");
+    } else {
+        tracing::warn!(%peer, error = %e, "connection error");
+    }
+}
+
+pub fn full_body(bytes: impl Into<Bytes>) -> ResponseBody {
+    Full::new(bytes.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
+}
+
+pub fn bytes_response(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> HttpResponse {
+    Response::builder()
+        .status(status)
+        .header(CONTENT_TYPE, content_type)
+        .body(full_body(body))
+        .expect("static response parts are valid")
+}
+
+pub fn json_response<T: Serialize>(status: StatusCode, value: &T) -> HttpResponse {
+    match serde_json::to_vec(value) {
+        Ok(body) => bytes_response(status, "application/json", body),
+        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "encode_error", e.to_string()),
+    }
+}
+
+/// The JSON error every service answers with; see [`ErrorBody`].
+pub fn error_response(status: StatusCode, code: &str, message: impl Into<String>) -> HttpResponse {
+    let body = ErrorBody::new(code, message);
+    let bytes = serde_json::to_vec(&body).expect("ErrorBody always serializes");
+    bytes_response(status, "application/json", bytes)
+}
+
+/// Reads a whole request body, refusing (413) one larger than `limit` bytes.
+pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, HttpResponse> {
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request body exceeds {limit} bytes"),
+        )),
+        Err(e) => Err(error_response(
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+            format!("cannot read body: {e}"),
+        )),
+    }
+}
+
+/// Parses a JSON request body, answering 400 with the parser's message on failure.
+pub async fn read_json<T: serde::de::DeserializeOwned>(
+    req: Request<Incoming>,
+    limit: usize,
+) -> Result<T, HttpResponse> {
+    let body = read_body(req, limit).await?;
+    serde_json::from_slice(&body).map_err(|e| {
+        error_response(
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+            format!("invalid JSON body: {e}"),
+        )
+    })
+}
+
+/// Prometheus text exposition of `registry`.
+pub fn metrics_response(registry: &Registry) -> HttpResponse {
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, registry) {
+        Ok(()) => bytes_response(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            text,
+        ),
+        Err(e) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "encode_error", e.to_string()),
+    }
+}
+
+/// The value of query parameter `name` (no percent-decoding: our parameters are numbers and ids).
+pub fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name).then_some(v)
+    })
+}
