@@ -1,1 +1,214 @@
+//! The harness of the end-to-end tests: real `mariadbd` processes, prerequisite checks, and guards
+//! that clean up processes even when a test panics.
+//!
+//! Prerequisites: when `CI=true`, a missing tool fails the test (CI installs everything through
+//! `scripts/setup.sh`); elsewhere the test is skipped with a line saying why.
 
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+pub mod prereq {
+    use std::path::Path;
+
+    /// Whether the tests run in CI, where nothing may be skipped.
+    pub fn in_ci() -> bool {
+        std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+    }
+
+    pub fn have_tool(name: &str) -> bool {
+        let path = std::env::var("PATH").unwrap_or_default();
+        let found = path.split(':').chain(["/usr/sbin", "/sbin"]).any(|dir| Path::new(dir).join(name).is_file());
+        found
+    }
+
+    pub fn is_root() -> bool {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    /// `true` if every tool is installed. Otherwise panics in CI, or prints why `test` is skipped.
+    pub fn require_tools(test: &str, tools: &[&str]) -> bool {
+        let missing: Vec<&str> = tools.iter().copied().filter(|t| !have_tool(t)).collect();
+        if missing.is_empty() {
+            return true;
+        }
+        let why = format!("{} not installed (scripts/setup.sh installs it)", missing.join(", "));
+        if in_ci() {
+            panic!("{test}: {why}; CI must run this test");
+        }
+        eprintln!("SKIPPED {test}: {why}");
+        false
+    }
+
+    /// `require_tools` for the MariaDB server and client.
+    pub fn require_mariadb(test: &str) -> bool {
+        require_tools(test, &["mariadbd", "mariadb-install-db", "mariadb", "mariadb-admin"])
+    }
+}
+
+/// Creates a fresh datadir with `mariadb-install-db` (no test db, root by password-less socket).
+pub fn install_db(datadir: &Path, server_args: &[&str]) -> Result<()> {
+    let mut cmd = Command::new("mariadb-install-db");
+    cmd.arg("--no-defaults")
+        .arg(format!("--datadir={}", datadir.display()))
+        .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
+        .args(user_arg())
+        .args(server_args);
+    let out = cmd.output().context("running mariadb-install-db")?;
+    if !out.status.success() {
+        bail!(
+            "mariadb-install-db failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+fn user_arg() -> Vec<String> {
+    if prereq::is_root() {
+        vec!["--user=root".into()]
+    } else {
+        vec![]
+    }
+}
+
+/// Copies a directory tree as `cp -a` does (datadirs hold sparse files and odd permissions).
+pub fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    let status = Command::new("cp").arg("-a").arg(from).arg(to).status().context("running cp")?;
+    if !status.success() {
+        bail!("cp -a {} {} failed", from.display(), to.display());
+    }
+    Ok(())
+}
+
+/// A running `mariadbd`, killed with SIGKILL on drop unless shut down first.
+pub struct MariaDb {
+    child: Option<Child>,
+    pub datadir: PathBuf,
+    pub socket: PathBuf,
+    pub error_log: PathBuf,
+}
+
+impl MariaDb {
+    /// Starts `mariadbd` on `datadir` (socket only, no TCP) and waits until it answers `SELECT 1`.
+    /// `server_args` come after ours and so override them.
+    pub fn start(datadir: &Path, server_args: &[&str]) -> Result<Self> {
+        let base = datadir.with_extension("");
+        let socket = base.with_extension("sock");
+        let error_log = base.with_extension("err");
+        let _ = std::fs::remove_file(&error_log);
+        let child = Command::new("mariadbd")
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", datadir.display()))
+            .arg(format!("--socket={}", socket.display()))
+            .arg(format!("--log-error={}", error_log.display()))
+            .arg(format!("--pid-file={}", base.with_extension("pid").display()))
+            .args(["--skip-networking", "--innodb-buffer-pool-size=64M", "--innodb-doublewrite=0"])
+            .args(user_arg())
+            .args(server_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("spawning mariadbd")?;
+        let mut db = Self { child: Some(child), datadir: datadir.into(), socket, error_log };
+        db.wait_ready(Duration::from_secs(120))?;
+        Ok(db)
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let started = Instant::now();
+        loop {
+            if self.sql("SELECT 1").is_ok() {
+                return Ok(());
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                self.child = None;
+                bail!("mariadbd exited with {status} during start-up; error log:\n{}", self.error_log_tail(40));
+            }
+            if started.elapsed() > timeout {
+                bail!("mariadbd did not answer within {timeout:?}; error log:\n{}", self.error_log_tail(40));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Runs SQL through the `mariadb` client; returns its tab-separated output without headers.
+    pub fn sql(&self, statements: &str) -> Result<String> {
+        let out = Command::new("mariadb")
+            .arg(format!("--socket={}", self.socket.display()))
+            .args(["-uroot", "-N", "-B", "--database=mysql", "-e", statements])
+            .stdin(Stdio::null())
+            .output()
+            .context("running the mariadb client")?;
+        if !out.status.success() {
+            bail!("SQL failed: {}\n{}", statements, String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
+    }
+
+    /// A single value (first column of the first row).
+    pub fn value(&self, query: &str) -> Result<String> {
+        let out = self.sql(query)?;
+        Ok(out.lines().next().unwrap_or("").split('\t').next().unwrap_or("").to_string())
+    }
+
+    /// Clean shutdown (`mariadb-admin shutdown`), waiting for the process to exit.
+    pub fn shutdown(mut self) -> Result<()> {
+        let out = Command::new("mariadb-admin")
+            .arg(format!("--socket={}", self.socket.display()))
+            .args(["-uroot", "shutdown"])
+            .output()
+            .context("running mariadb-admin")?;
+        if !out.status.success() {
+            bail!("mariadb-admin shutdown failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        if let Some(mut child) = self.child.take() {
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// SIGKILL: a crash as far as InnoDB is concerned.
+    pub fn kill(mut self) {
+        self.kill_now();
+    }
+
+    fn kill_now(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(&self.error_log).unwrap_or_default()
+    }
+
+    pub fn error_log_tail(&self, lines: usize) -> String {
+        let log = self.error_log();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// The LSN from the server's "End of log at LSN=…" line, if it printed one.
+    pub fn reported_end_of_log(&self) -> Option<u64> {
+        let log = self.error_log();
+        let at = log.find("End of log at LSN=")? + "End of log at LSN=".len();
+        log[at..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok()
+    }
+}
+
+impl Drop for MariaDb {
+    fn drop(&mut self) {
+        self.kill_now();
+    }
+}
