@@ -15,10 +15,19 @@ fn pages() -> Vec<(String, Vec<u8>)> {
         .expect("testdata/pages exists")
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "page"))
-        .map(|p| (p.file_stem().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap()))
+        .map(|p| {
+            (
+                p.file_stem().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            )
+        })
         .collect();
     pages.sort();
-    assert!(pages.len() >= 10, "expected the page samples, found {}", pages.len());
+    assert!(
+        pages.len() >= 10,
+        "expected the page samples, found {}",
+        pages.len()
+    );
     pages
 }
 
@@ -86,7 +95,12 @@ fn fsp_headers_give_space_id_size_and_page_size() {
         assert!(fsp.size.get() >= 4, "{name}: size {}", fsp.size.get());
         assert!(fsp.free_limit.get() <= fsp.size.get().max(64), "{name}");
         let flags = SpaceFlags(fsp.flags.get());
-        assert_eq!(flags.page_size(), Some(page::PAGE_SIZE), "{name}: flags {:#x}", flags.0);
+        assert_eq!(
+            flags.page_size(),
+            Some(page::PAGE_SIZE),
+            "{name}: flags {:#x}",
+            flags.0
+        );
         assert_eq!(flags.is_full_crc32(), !name.starts_with("crc32-"), "{name}");
         assert!(!flags.is_page_compressed());
         if name.starts_with("ibdata1") {
@@ -109,9 +123,15 @@ fn flipping_any_single_byte_of_a_written_page_fails_validation() {
             page[i] ^= 0x01;
             let verdict = page::verify_checksum(&page);
             if legacy && LEGACY_UNCOVERED.contains(&i) {
-                assert!(verdict.is_ok(), "{name} byte {i}: the server ignores this byte, so must we");
+                assert!(
+                    verdict.is_ok(),
+                    "{name} byte {i}: the server ignores this byte, so must we"
+                );
             } else {
-                assert!(verdict.is_err(), "{name}: flipping byte {i} was not detected ({verdict:?})");
+                assert!(
+                    verdict.is_err(),
+                    "{name}: flipping byte {i} was not detected ({verdict:?})"
+                );
             }
             page[i] ^= 0x01;
         }
@@ -138,8 +158,14 @@ fn wrapped_log_scans_to_the_lsn_the_server_reported() {
     let (bytes, server_end) = log_sample("wrapped");
     let log = LogFile::parse(&bytes).unwrap();
     let g = log.geometry();
-    assert_eq!(g.first_lsn, START_OFFSET, "a log that was never resized starts at 0x3000");
-    assert!(server_end - g.first_lsn > g.capacity(), "the sample must have wrapped");
+    assert_eq!(
+        g.first_lsn, START_OFFSET,
+        "a log that was never resized starts at 0x3000"
+    );
+    assert!(
+        server_end - g.first_lsn > g.capacity(),
+        "the sample must have wrapped"
+    );
     let scan = log.recovery_scan().unwrap();
     assert_eq!(scan.end_lsn, server_end);
     assert!(!scan.mtrs.is_empty(), "the crash left mtrs after the checkpoint");
@@ -150,9 +176,17 @@ fn wrapped_log_scans_to_the_lsn_the_server_reported() {
 fn resized_log_scans_to_the_lsn_the_server_reported() {
     let (bytes, server_end) = log_sample("resized");
     let log = LogFile::parse(&bytes).unwrap();
-    assert_ne!(log.geometry().first_lsn, START_OFFSET, "a resized log starts at the resize LSN");
+    assert_ne!(
+        log.geometry().first_lsn,
+        START_OFFSET,
+        "a resized log starts at the resize LSN"
+    );
     assert_eq!(log.geometry().file_size, 5 << 20);
-    assert!(log.header().creator.starts_with("MariaDB 10.11"), "{}", log.header().creator);
+    assert!(
+        log.header().creator.starts_with("MariaDB 10.11"),
+        "{}",
+        log.header().creator
+    );
     assert_eq!(log.recovery_scan().unwrap().end_lsn, server_end);
 }
 
@@ -175,14 +209,26 @@ fn log_truncated_at_an_mtr_boundary_scans_to_exactly_that_boundary() {
         let checkpoint_mtr_end = scan
             .mtrs
             .iter()
-            .find(|m| m.start >= scan.checkpoint.end_lsn && m.file_checkpoint == Some(scan.checkpoint.checkpoint_lsn))
+            .find(|m| {
+                m.start >= scan.checkpoint.end_lsn
+                    && m.file_checkpoint == Some(scan.checkpoint.checkpoint_lsn)
+            })
             .unwrap()
             .end;
-        let boundaries: Vec<u64> = scan.mtrs.iter().map(|m| m.end).filter(|&e| e >= checkpoint_mtr_end).collect();
+        let boundaries: Vec<u64> = scan
+            .mtrs
+            .iter()
+            .map(|m| m.end)
+            .filter(|&e| e >= checkpoint_mtr_end)
+            .collect();
         let step = (boundaries.len() / 25).max(1);
         for &target in boundaries.iter().step_by(step) {
             let truncated = zero_tail(&bytes, log.geometry(), scan.checkpoint.checkpoint_lsn, target);
-            let end = LogFile::parse(&truncated).unwrap().recovery_scan().unwrap().end_lsn;
+            let end = LogFile::parse(&truncated)
+                .unwrap()
+                .recovery_scan()
+                .unwrap()
+                .end_lsn;
             assert_eq!(end, target, "{name}");
         }
     }
@@ -196,7 +242,12 @@ fn synthetic_log_from_checkpoint_wal_recovers_to_the_same_end() {
         let scan = log.recovery_scan().unwrap();
         let cp = scan.checkpoint;
         let wal = log.logical(cp.checkpoint_lsn, server_end - cp.checkpoint_lsn);
-        let synth = SyntheticLog { geometry: log.geometry(), creator: "fuse-ibd", checkpoint: cp, wal: wal.into() };
+        let synth = SyntheticLog {
+            geometry: log.geometry(),
+            creator: "fuse-ibd",
+            checkpoint: cp,
+            wal: wal.into(),
+        };
         let built = synth.build().unwrap();
         assert_eq!(built.len(), bytes.len());
         let rebuilt = LogFile::parse(&built).unwrap();
@@ -222,7 +273,10 @@ fn synthetic_log_refuses_wal_that_recovery_would_refuse() {
     // Cut inside the last mtr: not at a boundary.
     assert!(synth(cp, &wal[..wal.len() - 3]).build().is_err());
     // A checkpoint block pointing past every FILE_CHECKPOINT mtr of the WAL.
-    let wrong = Checkpoint { end_lsn: server_end, ..cp };
+    let wrong = Checkpoint {
+        end_lsn: server_end,
+        ..cp
+    };
     assert!(synth(wrong, &wal).build().is_err());
 }
 
@@ -232,6 +286,12 @@ fn empty_synthetic_log_ends_right_after_its_checkpoint_mtr() {
     let synth = SyntheticLog::empty_at(lsn, 96 << 20, "fuse-ibd").unwrap();
     let bytes = synth.build().unwrap();
     let scan = LogFile::parse(&bytes).unwrap().recovery_scan().unwrap();
-    assert_eq!(scan.checkpoint, Checkpoint { checkpoint_lsn: lsn, end_lsn: lsn });
+    assert_eq!(
+        scan.checkpoint,
+        Checkpoint {
+            checkpoint_lsn: lsn,
+            end_lsn: lsn
+        }
+    );
     assert_eq!(scan.end_lsn, lsn + 16);
 }

@@ -20,7 +20,10 @@ pub mod prereq {
 
     pub fn have_tool(name: &str) -> bool {
         let path = std::env::var("PATH").unwrap_or_default();
-        let found = path.split(':').chain(["/usr/sbin", "/sbin"]).any(|dir| Path::new(dir).join(name).is_file());
+        let found = path
+            .split(':')
+            .chain(["/usr/sbin", "/sbin"])
+            .any(|dir| Path::new(dir).join(name).is_file());
         found
     }
 
@@ -35,7 +38,10 @@ pub mod prereq {
         if missing.is_empty() {
             return true;
         }
-        let why = format!("{} not installed (scripts/setup.sh installs it)", missing.join(", "));
+        let why = format!(
+            "{} not installed (scripts/setup.sh installs it)",
+            missing.join(", ")
+        );
         if in_ci() {
             panic!("{test}: {why}; CI must run this test");
         }
@@ -43,9 +49,33 @@ pub mod prereq {
         false
     }
 
+    /// `true` if this test may mount FUSE filesystems: root and fuse3's tools. Otherwise as
+    /// [`require_tools`].
+    pub fn require_fuse(test: &str) -> bool {
+        if !is_root() {
+            let why = "needs root to mount FUSE and run mariadbd as root";
+            if in_ci() {
+                panic!("{test}: {why}; CI runs as root");
+            }
+            eprintln!("SKIPPED {test}: {why}");
+            return false;
+        }
+        if !std::path::Path::new("/dev/fuse").exists() {
+            if in_ci() {
+                panic!("{test}: /dev/fuse is missing; CI must run this test");
+            }
+            eprintln!("SKIPPED {test}: /dev/fuse is missing");
+            return false;
+        }
+        require_tools(test, &["fusermount3"])
+    }
+
     /// `require_tools` for the MariaDB server and client.
     pub fn require_mariadb(test: &str) -> bool {
-        require_tools(test, &["mariadbd", "mariadb-install-db", "mariadb", "mariadb-admin"])
+        require_tools(
+            test,
+            &["mariadbd", "mariadb-install-db", "mariadb", "mariadb-admin"],
+        )
     }
 }
 
@@ -78,7 +108,12 @@ fn user_arg() -> Vec<String> {
 
 /// Copies a directory tree as `cp -a` does (datadirs hold sparse files and odd permissions).
 pub fn copy_dir(from: &Path, to: &Path) -> Result<()> {
-    let status = Command::new("cp").arg("-a").arg(from).arg(to).status().context("running cp")?;
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .context("running cp")?;
     if !status.success() {
         bail!("cp -a {} {} failed", from.display(), to.display());
     }
@@ -107,7 +142,11 @@ impl MariaDb {
             .arg(format!("--socket={}", socket.display()))
             .arg(format!("--log-error={}", error_log.display()))
             .arg(format!("--pid-file={}", base.with_extension("pid").display()))
-            .args(["--skip-networking", "--innodb-buffer-pool-size=64M", "--innodb-doublewrite=0"])
+            .args([
+                "--skip-networking",
+                "--innodb-buffer-pool-size=64M",
+                "--innodb-doublewrite=0",
+            ])
             .args(user_arg())
             .args(server_args)
             .stdin(Stdio::null())
@@ -115,7 +154,12 @@ impl MariaDb {
             .stderr(Stdio::null())
             .spawn()
             .context("spawning mariadbd")?;
-        let mut db = Self { child: Some(child), datadir: datadir.into(), socket, error_log };
+        let mut db = Self {
+            child: Some(child),
+            datadir: datadir.into(),
+            socket,
+            error_log,
+        };
         db.wait_ready(Duration::from_secs(120))?;
         Ok(db)
     }
@@ -128,10 +172,16 @@ impl MariaDb {
             }
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 self.child = None;
-                bail!("mariadbd exited with {status} during start-up; error log:\n{}", self.error_log_tail(40));
+                bail!(
+                    "mariadbd exited with {status} during start-up; error log:\n{}",
+                    self.error_log_tail(40)
+                );
             }
             if started.elapsed() > timeout {
-                bail!("mariadbd did not answer within {timeout:?}; error log:\n{}", self.error_log_tail(40));
+                bail!(
+                    "mariadbd did not answer within {timeout:?}; error log:\n{}",
+                    self.error_log_tail(40)
+                );
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -150,7 +200,11 @@ impl MariaDb {
             .output()
             .context("running the mariadb client")?;
         if !out.status.success() {
-            bail!("SQL failed: {}\n{}", statements, String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "SQL failed: {}\n{}",
+                statements,
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
     }
@@ -158,7 +212,14 @@ impl MariaDb {
     /// A single value (first column of the first row).
     pub fn value(&self, query: &str) -> Result<String> {
         let out = self.sql(query)?;
-        Ok(out.lines().next().unwrap_or("").split('\t').next().unwrap_or("").to_string())
+        Ok(out
+            .lines()
+            .next()
+            .unwrap_or("")
+            .split('\t')
+            .next()
+            .unwrap_or("")
+            .to_string())
     }
 
     /// Clean shutdown (`mariadb-admin shutdown`), waiting for the process to exit.
@@ -169,7 +230,10 @@ impl MariaDb {
             .output()
             .context("running mariadb-admin")?;
         if !out.status.success() {
-            bail!("mariadb-admin shutdown failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "mariadb-admin shutdown failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         if let Some(mut child) = self.child.take() {
             child.wait()?;
@@ -203,12 +267,159 @@ impl MariaDb {
     pub fn reported_end_of_log(&self) -> Option<u64> {
         let log = self.error_log();
         let at = log.find("End of log at LSN=")? + "End of log at LSN=".len();
-        log[at..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok()
+        log[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .ok()
     }
 }
 
 impl Drop for MariaDb {
     fn drop(&mut self) {
+        self.kill_now();
+    }
+}
+
+/// A workspace binary next to the test executable (`target/<profile>/<name>`); `scripts/test.sh`
+/// builds every binary before the tests run.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
+    let bin = profile_dir.join(name);
+    assert!(
+        bin.is_file(),
+        "{} not built: run `cargo build --workspace --bins` first",
+        bin.display()
+    );
+    bin
+}
+
+/// Whether `path` is a mount point right now (`/proc/self/mountinfo`).
+pub fn is_mounted(path: &Path) -> bool {
+    let Ok(canonical) = path.canonicalize() else {
+        return false;
+    };
+    let target = canonical.to_string_lossy().replace(' ', "\\040");
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(target.as_str()))
+}
+
+/// A running `fuse-ibd mount`; on drop: SIGTERM, then SIGKILL and a lazy unmount if needed, so no
+/// mount outlives a failed test.
+pub struct FuseIbd {
+    child: Option<Child>,
+    pub mountpoint: PathBuf,
+    pub cache_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl FuseIbd {
+    pub fn mount(mountpoint: &Path, cache_dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(mountpoint)?;
+        let log = cache_dir.with_extension("fuse-ibd.log");
+        let child = Command::new(workspace_binary("fuse-ibd"))
+            .arg("mount")
+            .arg("--datadir")
+            .arg(mountpoint)
+            .arg("--cache-dir")
+            .arg(cache_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("spawning fuse-ibd")?;
+        let mut fuse = Self {
+            child: Some(child),
+            mountpoint: mountpoint.into(),
+            cache_dir: cache_dir.into(),
+            log,
+        };
+        let started = Instant::now();
+        while !is_mounted(mountpoint) {
+            if let Some(status) = fuse.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                fuse.child = None;
+                bail!("fuse-ibd exited with {status}:\n{}", fuse.log_text());
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                bail!("fuse-ibd did not mount within 20 s:\n{}", fuse.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(fuse)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGTERM and wait: the daemon unmounts and exits 0.
+    pub fn unmount(mut self) -> Result<()> {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = child.wait()?;
+        if !status.success() {
+            bail!("fuse-ibd exited with {status}:\n{}", self.log_text());
+        }
+        if is_mounted(&self.mountpoint) {
+            bail!(
+                "{} still mounted after fuse-ibd exited",
+                self.mountpoint.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// SIGKILL: the daemon dies without unmounting; the dead mount is detached.
+    pub fn kill(mut self) {
+        self.kill_now();
+    }
+
+    fn kill_now(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if is_mounted(&self.mountpoint) {
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(&self.mountpoint)
+                .status();
+        }
+    }
+}
+
+impl Drop for FuseIbd {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_ref() {
+            // SAFETY: sending a signal to our own child process.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if self
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten())
+                    .is_some()
+                {
+                    self.child = None;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         self.kill_now();
     }
 }

@@ -23,7 +23,8 @@ fn crashed_datadir(root: &std::path::Path) -> std::path::PathBuf {
     )
     .unwrap();
     for i in 0..20 {
-        db.sql(&format!("UPDATE w.t SET n = n + 1 WHERE id % 20 = {i}")).unwrap();
+        db.sql(&format!("UPDATE w.t SET n = n + 1 WHERE id % 20 = {i}"))
+            .unwrap();
     }
     // Crash right after the updates: their redo is after the last checkpoint.
     db.kill();
@@ -43,7 +44,9 @@ fn synthetic_log_with_checkpoint_wal_is_replayed_by_mariadbd() {
     copy_dir(&crashed, &control_dir).unwrap();
     let control = MariaDb::start(&control_dir, &[LOG_SIZE_ARG]).unwrap();
     let expected = fingerprint(&control);
-    let control_end = control.reported_end_of_log().expect("the server reports the end of the log");
+    let control_end = control
+        .reported_end_of_log()
+        .expect("the server reports the end of the log");
     control.shutdown().unwrap();
 
     // The same datadir with a log rebuilt from just [checkpoint, end): header, one checkpoint block,
@@ -53,20 +56,33 @@ fn synthetic_log_with_checkpoint_wal_is_replayed_by_mariadbd() {
     let original = std::fs::read(synth_dir.join("ib_logfile0")).unwrap();
     let log = LogFile::parse(&original).unwrap();
     let scan = log.recovery_scan().unwrap();
-    assert_eq!(scan.end_lsn, control_end, "the scanner agrees with the server on the end of the log");
+    assert_eq!(
+        scan.end_lsn, control_end,
+        "the scanner agrees with the server on the end of the log"
+    );
     let cp = scan.checkpoint;
     let wal = log.logical(cp.checkpoint_lsn, scan.end_lsn - cp.checkpoint_lsn);
-    let synthetic =
-        SyntheticLog { geometry: log.geometry(), creator: "fuse-ibd synthetic", checkpoint: cp, wal: wal.into() }
-            .build()
-            .unwrap();
-    assert_ne!(synthetic, original, "stale bytes and the other checkpoint block are gone");
+    let synthetic = SyntheticLog {
+        geometry: log.geometry(),
+        creator: "fuse-ibd synthetic",
+        checkpoint: cp,
+        wal: wal.into(),
+    }
+    .build()
+    .unwrap();
+    assert_ne!(
+        synthetic, original,
+        "stale bytes and the other checkpoint block are gone"
+    );
     std::fs::write(synth_dir.join("ib_logfile0"), &synthetic).unwrap();
 
     let db = MariaDb::start(&synth_dir, &[LOG_SIZE_ARG]).unwrap();
     let log_text = db.error_log();
     assert!(
-        log_text.contains(&format!("Starting crash recovery from checkpoint LSN={}", cp.checkpoint_lsn)),
+        log_text.contains(&format!(
+            "Starting crash recovery from checkpoint LSN={}",
+            cp.checkpoint_lsn
+        )),
         "recovery ran from our checkpoint:\n{}",
         db.error_log_tail(30)
     );
@@ -98,13 +114,23 @@ fn empty_synthetic_log_starts_a_cleanly_shut_down_datadir() {
     // FILE_CHECKPOINT at that LSN is all a fresh node needs.
     let original = std::fs::read(datadir.join("ib_logfile0")).unwrap();
     let cp = LogFile::parse(&original).unwrap().latest_checkpoint().unwrap().1;
-    assert_eq!(cp.checkpoint_lsn, cp.end_lsn, "a clean shutdown leaves checkpoint == end");
-    let synthetic =
-        SyntheticLog::empty_at(cp.checkpoint_lsn, original.len() as u64, "fuse-ibd fresh").unwrap().build().unwrap();
+    assert_eq!(
+        cp.checkpoint_lsn, cp.end_lsn,
+        "a clean shutdown leaves checkpoint == end"
+    );
+    let synthetic = SyntheticLog::empty_at(cp.checkpoint_lsn, original.len() as u64, "fuse-ibd fresh")
+        .unwrap()
+        .build()
+        .unwrap();
     std::fs::write(datadir.join("ib_logfile0"), synthetic).unwrap();
 
     let db = MariaDb::start(&datadir, &[LOG_SIZE_ARG]).unwrap();
-    assert_eq!(db.reported_end_of_log(), Some(cp.checkpoint_lsn + 16), "{}", db.error_log_tail(20));
+    assert_eq!(
+        db.reported_end_of_log(),
+        Some(cp.checkpoint_lsn + 16),
+        "{}",
+        db.error_log_tail(20)
+    );
     assert_eq!(fingerprint(&db), expected);
     db.sql("INSERT INTO w.t VALUES (100000, 'after', 1)").unwrap();
     db.shutdown().unwrap();

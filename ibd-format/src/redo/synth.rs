@@ -27,7 +27,9 @@ pub enum SynthError {
         byte_end: Lsn,
         stop: ScanStop,
     },
-    #[error("the WAL holds no FILE_CHECKPOINT({checkpoint_lsn}) mtr from {end_lsn} on: recovery would refuse it")]
+    #[error(
+        "the WAL holds no FILE_CHECKPOINT({checkpoint_lsn}) mtr from {end_lsn} on: recovery would refuse it"
+    )]
     MissingFileCheckpoint { checkpoint_lsn: Lsn, end_lsn: Lsn },
 }
 

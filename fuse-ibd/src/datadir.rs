@@ -1,0 +1,765 @@
+//! The filesystem core: every operation the mount answers, driven without a kernel (the FUSE
+//! adapter in `fuse.rs` only converts arguments and replies).
+//!
+//! Files live in a backing tree under the cache directory, one backing file per datadir file
+//! (sparse where never written). This is the local layer of the cache; page shipping and redo
+//! tailing hook into the write and fsync paths of the file kinds that need them.
+
+use std::collections::HashMap;
+use std::ffi::{CString, OsStr};
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::error::{FsError, FsResult};
+use crate::inode::{InodeTable, CONTROL_DIR_INO, ROOT_INO, STATUS_FILE_INO};
+use crate::kind::FileKind;
+use crate::metrics::Metrics;
+use crate::page_locks::PageLocks;
+
+pub const CONTROL_DIR_NAME: &str = ".fuse-ibd";
+pub const STATUS_FILE_NAME: &str = "status";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    Directory,
+    File,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
+}
+
+/// What `stat` shows for an entry.
+#[derive(Debug, Clone, Copy)]
+pub struct Attr {
+    pub ino: u64,
+    pub size: u64,
+    pub blocks: u64,
+    pub atime: SystemTime,
+    pub mtime: SystemTime,
+    pub ctime: SystemTime,
+    pub kind: EntryKind,
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u32,
+}
+
+/// The caller of an operation that creates something: the new entry belongs to it.
+#[derive(Debug, Clone, Copy)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Changes requested by `setattr` (chmod, chown, truncate, utimes).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SystemTime>,
+    pub mtime: Option<SystemTime>,
+}
+
+/// An open file as the kernel should treat it.
+#[derive(Debug, Clone, Copy)]
+pub struct Opened {
+    pub fh: u64,
+    pub kind: FileKind,
+    /// Bypass the kernel page cache: every read and write reaches the daemon. Always for page
+    /// files and the redo log (coherence between O_DIRECT and buffered opens of the same file,
+    /// and every log write must be seen); for other files when opened with O_DIRECT.
+    pub direct_io: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub ino: u64,
+    pub kind: EntryKind,
+    pub name: std::ffi::OsString,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub frsize: u32,
+}
+
+/// `fallocate` modes a datadir needs (`research/fuse.md` 4.4); anything else is refused.
+pub const FALLOC_KEEP_SIZE: i32 = libc::FALLOC_FL_KEEP_SIZE;
+pub const FALLOC_PUNCH_HOLE: i32 = libc::FALLOC_FL_PUNCH_HOLE;
+
+enum Handle {
+    File {
+        file: File,
+        ino: u64,
+        kind: FileKind,
+    },
+    /// A snapshot of `.fuse-ibd/status` taken at open, so one reader sees one consistent text.
+    Status(Vec<u8>),
+}
+
+/// Where the mount is and what it serves; shown in `.fuse-ibd/status`.
+#[derive(Debug, Clone)]
+pub struct MountInfo {
+    pub datadir: PathBuf,
+    pub cache_dir: PathBuf,
+}
+
+pub struct Datadir {
+    backing: PathBuf,
+    info: MountInfo,
+    inodes: Mutex<InodeTable>,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    next_fh: AtomicU64,
+    page_locks: PageLocks,
+    metrics: Arc<Metrics>,
+    started: SystemTime,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The tables stay consistent between statements; a panic elsewhere must not wedge the mount.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn cstring(path: &Path) -> FsResult<CString> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| FsError::BadName)
+}
+
+fn check_name(name: &OsStr) -> FsResult<()> {
+    if name.is_empty() || name == "." || name == ".." || name.as_bytes().contains(&b'/') {
+        return Err(FsError::BadName);
+    }
+    Ok(())
+}
+
+fn cvt(ret: libc::c_int, op: &'static str) -> FsResult<()> {
+    if ret == -1 {
+        return Err(FsError::io(op)(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+fn entry_kind(ft: fs::FileType) -> EntryKind {
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_dir() {
+        EntryKind::Directory
+    } else if ft.is_symlink() {
+        EntryKind::Symlink
+    } else if ft.is_fifo() {
+        EntryKind::Fifo
+    } else if ft.is_socket() {
+        EntryKind::Socket
+    } else if ft.is_char_device() {
+        EntryKind::CharDevice
+    } else if ft.is_block_device() {
+        EntryKind::BlockDevice
+    } else {
+        EntryKind::File
+    }
+}
+
+fn time(secs: i64, nsecs: i64) -> SystemTime {
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::new(secs as u64, nsecs as u32)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+    }
+}
+
+fn attr_of(ino: u64, m: &fs::Metadata) -> Attr {
+    Attr {
+        ino,
+        size: m.size(),
+        blocks: m.blocks(),
+        atime: time(m.atime(), m.atime_nsec()),
+        mtime: time(m.mtime(), m.mtime_nsec()),
+        ctime: time(m.ctime(), m.ctime_nsec()),
+        kind: entry_kind(m.file_type()),
+        perm: (m.mode() & 0o7777) as u16,
+        nlink: m.nlink() as u32,
+        uid: m.uid(),
+        gid: m.gid(),
+        rdev: m.rdev() as u32,
+    }
+}
+
+impl Datadir {
+    /// Serves the tree under `backing` (created if missing).
+    pub fn new(backing: PathBuf, info: MountInfo, metrics: Arc<Metrics>) -> FsResult<Self> {
+        if !backing.exists() {
+            // The datadir's root: the owner may write, others may look (mariadb-install-db
+            // tightens it to 0700 anyway).
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(&backing)
+                .map_err(FsError::io("create backing tree"))?;
+        }
+        Ok(Self {
+            backing,
+            info,
+            inodes: Mutex::new(InodeTable::default()),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            page_locks: PageLocks::default(),
+            metrics,
+            started: SystemTime::now(),
+        })
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    fn path_of(&self, ino: u64) -> FsResult<PathBuf> {
+        let rel = lock(&self.inodes).relative_path(ino).ok_or(FsError::NotFound)?;
+        Ok(self.backing.join(rel))
+    }
+
+    fn child_path(&self, parent: u64, name: &OsStr) -> FsResult<PathBuf> {
+        check_name(name)?;
+        Ok(self.path_of(parent)?.join(name))
+    }
+
+    fn is_virtual(ino: u64) -> bool {
+        ino == CONTROL_DIR_INO || ino == STATUS_FILE_INO
+    }
+
+    fn virtual_attr(&self, ino: u64) -> Attr {
+        let (kind, perm, size) = if ino == CONTROL_DIR_INO {
+            (EntryKind::Directory, 0o555, 0)
+        } else {
+            (EntryKind::File, 0o444, self.status_text().len() as u64)
+        };
+        Attr {
+            ino,
+            size,
+            blocks: 0,
+            atime: self.started,
+            mtime: SystemTime::now(),
+            ctime: self.started,
+            kind,
+            perm,
+            nlink: if kind == EntryKind::Directory { 2 } else { 1 },
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+        }
+    }
+
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Attr> {
+        match (parent, name.to_str()) {
+            (ROOT_INO, Some(CONTROL_DIR_NAME)) => return Ok(self.virtual_attr(CONTROL_DIR_INO)),
+            (CONTROL_DIR_INO, Some(STATUS_FILE_NAME)) => return Ok(self.virtual_attr(STATUS_FILE_INO)),
+            (CONTROL_DIR_INO, _) => return Err(FsError::NotFound),
+            _ => {}
+        }
+        let path = self.child_path(parent, name)?;
+        let meta = fs::symlink_metadata(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => FsError::NotFound,
+            _ => FsError::io("lookup")(e),
+        })?;
+        let ino = lock(&self.inodes).get_or_insert(parent, name);
+        Ok(attr_of(ino, &meta))
+    }
+
+    pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        if Self::is_virtual(ino) {
+            return Ok(self.virtual_attr(ino));
+        }
+        let meta = fs::symlink_metadata(self.path_of(ino)?).map_err(FsError::io("getattr"))?;
+        Ok(attr_of(ino, &meta))
+    }
+
+    pub fn setattr(&self, ino: u64, fh: Option<u64>, change: SetAttr) -> FsResult<Attr> {
+        if Self::is_virtual(ino) {
+            return Err(FsError::ReadOnly(".fuse-ibd"));
+        }
+        let path = self.path_of(ino)?;
+        if let Some(mode) = change.mode {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode & 0o7777))
+                .map_err(FsError::io("chmod"))?;
+        }
+        if change.uid.is_some() || change.gid.is_some() {
+            std::os::unix::fs::lchown(&path, change.uid, change.gid).map_err(FsError::io("chown"))?;
+        }
+        if change.size.is_some() || change.atime.is_some() || change.mtime.is_some() {
+            let file = match fh.and_then(|fh| self.handle(fh).ok()) {
+                Some(h) => match &*h {
+                    Handle::File { file, .. } => file.try_clone().map_err(FsError::io("dup"))?,
+                    Handle::Status(_) => return Err(FsError::ReadOnly(".fuse-ibd/status")),
+                },
+                None => OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(FsError::io("open for setattr"))?,
+            };
+            if let Some(size) = change.size {
+                // A truncate may cut through a page: exclude its readers like a write does.
+                let _pages = self.page_locks.write(ino, size, u64::MAX / 2 - size);
+                file.set_len(size).map_err(FsError::io("truncate"))?;
+            }
+            let mut times = fs::FileTimes::new();
+            if let Some(t) = change.atime {
+                times = times.set_accessed(t);
+            }
+            if let Some(t) = change.mtime {
+                times = times.set_modified(t);
+            }
+            file.set_times(times).map_err(FsError::io("utimes"))?;
+        }
+        self.getattr(ino)
+    }
+
+    fn chown_new(&self, path: &Path, owner: Owner) -> FsResult<()> {
+        std::os::unix::fs::lchown(path, Some(owner.uid), Some(owner.gid))
+            .map_err(FsError::io("chown new entry"))
+    }
+
+    pub fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, owner: Owner) -> FsResult<Attr> {
+        let path = self.child_path(parent, name)?;
+        fs::DirBuilder::new()
+            .mode(mode & 0o7777)
+            .create(&path)
+            .map_err(FsError::io("mkdir"))?;
+        self.chown_new(&path, owner)?;
+        self.lookup(parent, name)
+    }
+
+    pub fn mknod(&self, parent: u64, name: &OsStr, mode: u32, rdev: u32, owner: Owner) -> FsResult<Attr> {
+        let path = self.child_path(parent, name)?;
+        // SAFETY: the path is a valid NUL-terminated string; mknod has no other preconditions.
+        cvt(
+            unsafe { libc::mknod(cstring(&path)?.as_ptr(), mode, libc::dev_t::from(rdev)) },
+            "mknod",
+        )?;
+        self.chown_new(&path, owner)?;
+        self.lookup(parent, name)
+    }
+
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+        let path = self.child_path(parent, name)?;
+        fs::remove_file(&path).map_err(FsError::io("unlink"))?;
+        lock(&self.inodes).remove(parent, name);
+        Ok(())
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+        let path = self.child_path(parent, name)?;
+        fs::remove_dir(&path).map_err(FsError::io("rmdir"))?;
+        lock(&self.inodes).remove(parent, name);
+        Ok(())
+    }
+
+    /// `renameat2()` with the caller's flags (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`).
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        flags: u32,
+    ) -> FsResult<()> {
+        if Self::is_virtual(parent) || Self::is_virtual(new_parent) {
+            return Err(FsError::ReadOnly(".fuse-ibd"));
+        }
+        let from = cstring(&self.child_path(parent, name)?)?;
+        let to = cstring(&self.child_path(new_parent, new_name)?)?;
+        // SAFETY: both paths are valid NUL-terminated strings; AT_FDCWD with absolute paths.
+        let ret =
+            unsafe { libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), flags) };
+        cvt(ret, "rename")?;
+        let mut inodes = lock(&self.inodes);
+        if flags & libc::RENAME_EXCHANGE != 0 {
+            inodes.exchange((parent, name), (new_parent, new_name));
+        } else {
+            inodes.rename(parent, name, new_parent, new_name);
+        }
+        Ok(())
+    }
+
+    fn open_backing(&self, path: &Path, flags: i32, create_mode: Option<u32>) -> FsResult<File> {
+        let mut opts = OpenOptions::new();
+        match flags & libc::O_ACCMODE {
+            libc::O_RDONLY => opts.read(true),
+            libc::O_WRONLY => opts.write(true),
+            _ => opts.read(true).write(true),
+        };
+        // O_DIRECT and O_APPEND are the kernel's business: our buffers are not aligned, and the
+        // kernel sends absolute offsets. O_SYNC/O_DSYNC writes are made durable in `write`.
+        let passthrough = flags & (libc::O_TRUNC | libc::O_EXCL | libc::O_NOFOLLOW);
+        opts.custom_flags(passthrough);
+        if let Some(mode) = create_mode {
+            opts.create(true).mode(mode & 0o7777);
+        }
+        opts.open(path).map_err(FsError::io("open"))
+    }
+
+    fn register(&self, handle: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.handles).insert(fh, Arc::new(handle));
+        fh
+    }
+
+    fn handle(&self, fh: u64) -> FsResult<Arc<Handle>> {
+        lock(&self.handles)
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle(fh))
+    }
+
+    fn opened(&self, file: File, ino: u64, kind: FileKind, flags: i32) -> Opened {
+        let direct_io = matches!(kind, FileKind::Page | FileKind::Redo) || flags & libc::O_DIRECT != 0;
+        let fh = self.register(Handle::File { file, ino, kind });
+        Opened { fh, kind, direct_io }
+    }
+
+    pub fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        owner: Owner,
+    ) -> FsResult<(Attr, Opened)> {
+        if Self::is_virtual(parent) {
+            return Err(FsError::ReadOnly(".fuse-ibd"));
+        }
+        let path = self.child_path(parent, name)?;
+        let file = self.open_backing(&path, flags, Some(mode))?;
+        self.chown_new(&path, owner)?;
+        let attr = self.lookup(parent, name)?;
+        Ok((attr, self.opened(file, attr.ino, FileKind::of(name), flags)))
+    }
+
+    pub fn open(&self, ino: u64, flags: i32) -> FsResult<Opened> {
+        if ino == STATUS_FILE_INO {
+            if flags & libc::O_ACCMODE != libc::O_RDONLY {
+                return Err(FsError::ReadOnly(".fuse-ibd/status"));
+            }
+            let fh = self.register(Handle::Status(self.status_text().into_bytes()));
+            return Ok(Opened {
+                fh,
+                kind: FileKind::Scratch,
+                direct_io: true,
+            });
+        }
+        let path = self.path_of(ino)?;
+        let kind = lock(&self.inodes)
+            .name(ino)
+            .map_or(FileKind::Generic, FileKind::of);
+        let file = self.open_backing(&path, flags, None)?;
+        Ok(self.opened(file, ino, kind, flags))
+    }
+
+    pub fn release(&self, fh: u64) {
+        lock(&self.handles).remove(&fh);
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let handle = self.handle(fh)?;
+        let (file, ino, kind) = match &*handle {
+            Handle::File { file, ino, kind } => (file, *ino, *kind),
+            Handle::Status(text) => {
+                let start = (offset as usize).min(text.len());
+                let end = (start + size as usize).min(text.len());
+                return Ok(text[start..end].to_vec());
+            }
+        };
+        let mut buf = vec![0u8; size as usize];
+        let mut filled = 0;
+        {
+            let _pages = self.page_locks.read(ino, offset, u64::from(size));
+            while filled < buf.len() {
+                match file.read_at(&mut buf[filled..], offset + filled as u64) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(FsError::io("read")(e)),
+                }
+            }
+        }
+        buf.truncate(filled);
+        self.metrics.record_read(kind, filled);
+        Ok(buf)
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8], open_flags: i32) -> FsResult<u32> {
+        let handle = self.handle(fh)?;
+        let Handle::File { file, ino, kind } = &*handle else {
+            return Err(FsError::ReadOnly(".fuse-ibd/status"));
+        };
+        {
+            let _pages = self.page_locks.write(*ino, offset, data.len() as u64);
+            file.write_all_at(data, offset).map_err(FsError::io("write"))?;
+        }
+        if open_flags & (libc::O_SYNC | libc::O_DSYNC) != 0 {
+            file.sync_data().map_err(FsError::io("write (O_DSYNC)"))?;
+        }
+        self.metrics.record_write(*kind, data.len());
+        Ok(data.len() as u32)
+    }
+
+    /// The durability point of a file (DESIGN.md section 3). Scratch files need none.
+    pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
+        let handle = self.handle(fh)?;
+        let Handle::File { file, kind, .. } = &*handle else {
+            return Ok(());
+        };
+        if *kind == FileKind::Scratch {
+            return Ok(());
+        }
+        if datasync {
+            file.sync_data()
+        } else {
+            file.sync_all()
+        }
+        .map_err(FsError::io("fsync"))?;
+        self.metrics.record_fsync(*kind);
+        Ok(())
+    }
+
+    pub fn fsyncdir(&self, ino: u64) -> FsResult<()> {
+        if Self::is_virtual(ino) {
+            return Ok(());
+        }
+        File::open(self.path_of(ino)?)
+            .and_then(|d| d.sync_all())
+            .map_err(FsError::io("fsyncdir"))
+    }
+
+    /// Mode 0 (allocate and extend), `KEEP_SIZE`, and `PUNCH_HOLE | KEEP_SIZE`.
+    pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> FsResult<()> {
+        let handle = self.handle(fh)?;
+        let Handle::File { file, ino, .. } = &*handle else {
+            return Err(FsError::ReadOnly(".fuse-ibd/status"));
+        };
+        let supported = [0, FALLOC_KEEP_SIZE, FALLOC_PUNCH_HOLE | FALLOC_KEEP_SIZE];
+        if !supported.contains(&mode) {
+            return Err(FsError::Unsupported("this fallocate mode"));
+        }
+        let (Ok(off), Ok(len)) = (i64::try_from(offset), i64::try_from(length)) else {
+            return Err(FsError::Io {
+                op: "fallocate",
+                source: std::io::Error::from_raw_os_error(libc::EFBIG),
+            });
+        };
+        // Punching a hole changes page contents: exclude readers of those pages.
+        let _pages = (mode & FALLOC_PUNCH_HOLE != 0).then(|| self.page_locks.write(*ino, offset, length));
+        // SAFETY: the fd is open for the lifetime of `handle`; fallocate has no memory arguments.
+        cvt(
+            unsafe { libc::fallocate(file.as_raw_fd(), mode, off, len) },
+            "fallocate",
+        )
+    }
+
+    pub fn readdir(&self, ino: u64) -> FsResult<Vec<DirEntry>> {
+        let dot = |ino, name: &str| DirEntry {
+            ino,
+            kind: EntryKind::Directory,
+            name: name.into(),
+        };
+        if ino == CONTROL_DIR_INO {
+            let status = DirEntry {
+                ino: STATUS_FILE_INO,
+                kind: EntryKind::File,
+                name: STATUS_FILE_NAME.into(),
+            };
+            return Ok(vec![dot(CONTROL_DIR_INO, "."), dot(ROOT_INO, ".."), status]);
+        }
+        let path = self.path_of(ino)?;
+        let mut entries = vec![dot(ino, "."), dot(ROOT_INO, "..")];
+        // `.fuse-ibd` is reachable by name but not listed: MariaDB would take it for a database.
+        for entry in fs::read_dir(&path).map_err(FsError::io("readdir"))? {
+            let entry = entry.map_err(FsError::io("readdir"))?;
+            let kind = entry.file_type().map(entry_kind).unwrap_or(EntryKind::File);
+            let child = lock(&self.inodes).get_or_insert(ino, &entry.file_name());
+            entries.push(DirEntry {
+                ino: child,
+                kind,
+                name: entry.file_name(),
+            });
+        }
+        Ok(entries)
+    }
+
+    pub fn statfs(&self) -> FsResult<StatFs> {
+        let path = cstring(&self.backing)?;
+        // SAFETY: statvfs writes into the zeroed struct we own; the path is NUL-terminated.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        cvt(unsafe { libc::statvfs(path.as_ptr(), &mut st) }, "statfs")?;
+        Ok(StatFs {
+            blocks: st.f_blocks,
+            bfree: st.f_bfree,
+            bavail: st.f_bavail,
+            files: st.f_files,
+            ffree: st.f_ffree,
+            bsize: st.f_bsize as u32,
+            namelen: st.f_namemax as u32,
+            frsize: st.f_frsize as u32,
+        })
+    }
+
+    /// `.fuse-ibd/status`: `key=value` lines for tools that cannot reach the metrics endpoint.
+    pub fn status_text(&self) -> String {
+        let mut text = format!(
+            "version={}\ndatadir={}\ncache_dir={}\nstarted_unix={}\nopen_handles={}\n",
+            env!("CARGO_PKG_VERSION"),
+            self.info.datadir.display(),
+            self.info.cache_dir.display(),
+            self.started.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            lock(&self.handles).len(),
+        );
+        self.metrics.write_status(&mut text);
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+
+    use super::*;
+
+    const ME: Owner = Owner { uid: 0, gid: 0 };
+
+    fn datadir() -> (tempfile::TempDir, Datadir) {
+        let dir = tempfile::tempdir().unwrap();
+        let info = MountInfo {
+            datadir: "/mnt/test".into(),
+            cache_dir: dir.path().into(),
+        };
+        let d = Datadir::new(dir.path().join("tree"), info, Arc::new(Metrics::default())).unwrap();
+        (dir, d)
+    }
+
+    fn name(s: &str) -> &OsStr {
+        OsStr::new(s)
+    }
+
+    #[test]
+    fn files_round_trip_through_create_write_read_rename_unlink() {
+        let (_dir, d) = datadir();
+        let db = d.mkdir(ROOT_INO, name("db"), 0o750, ME).unwrap();
+        assert_eq!(db.kind, EntryKind::Directory);
+        let (attr, opened) = d.create(db.ino, name("t.ibd"), 0o640, libc::O_RDWR, ME).unwrap();
+        assert_eq!(
+            (attr.perm, opened.kind, opened.direct_io),
+            (0o640, FileKind::Page, true)
+        );
+        let page = vec![7u8; PAGE];
+        assert_eq!(d.write(opened.fh, PAGE as u64, &page, 0).unwrap(), PAGE as u32);
+        assert_eq!(d.read(opened.fh, PAGE as u64, PAGE as u32).unwrap(), page);
+        assert_eq!(
+            d.read(opened.fh, 0, 4).unwrap(),
+            vec![0; 4],
+            "never-written bytes read as zeros"
+        );
+        assert!(d.read(opened.fh, 10 * PAGE as u64, 4).unwrap().is_empty(), "EOF");
+        d.fsync(opened.fh, true).unwrap();
+        d.release(opened.fh);
+
+        d.rename(ROOT_INO, name("db"), ROOT_INO, name("db2"), 0).unwrap();
+        let again = d
+            .lookup(d.lookup(ROOT_INO, name("db2")).unwrap().ino, name("t.ibd"))
+            .unwrap();
+        assert_eq!(
+            again.ino, attr.ino,
+            "inode numbers survive a rename of the parent"
+        );
+        assert_eq!(again.size, 2 * PAGE as u64);
+        d.unlink(db.ino, name("t.ibd")).unwrap();
+        assert!(matches!(d.lookup(db.ino, name("t.ibd")), Err(FsError::NotFound)));
+        assert!(matches!(
+            d.rename(ROOT_INO, name("a/b"), ROOT_INO, name("c"), 0),
+            Err(FsError::BadName)
+        ));
+    }
+
+    const PAGE: usize = ibd_format::page::PAGE_SIZE;
+
+    #[test]
+    fn fallocate_supports_what_innodb_uses_and_refuses_the_rest() {
+        let (_dir, d) = datadir();
+        let (attr, opened) = d
+            .create(ROOT_INO, name("t.ibd"), 0o660, libc::O_RDWR, ME)
+            .unwrap();
+        d.fallocate(opened.fh, 0, 4 * PAGE as u64, 0).unwrap();
+        assert_eq!(d.getattr(attr.ino).unwrap().size, 4 * PAGE as u64);
+        d.fallocate(opened.fh, 0, 8 * PAGE as u64, FALLOC_KEEP_SIZE)
+            .unwrap();
+        assert_eq!(d.getattr(attr.ino).unwrap().size, 4 * PAGE as u64);
+        d.write(opened.fh, PAGE as u64, &vec![9; PAGE], 0).unwrap();
+        d.fallocate(
+            opened.fh,
+            PAGE as u64 + 4096,
+            4096,
+            FALLOC_PUNCH_HOLE | FALLOC_KEEP_SIZE,
+        )
+        .unwrap();
+        let page = d.read(opened.fh, PAGE as u64, PAGE as u32).unwrap();
+        assert!(page[..4096].iter().all(|&b| b == 9) && page[4096..8192].iter().all(|&b| b == 0));
+        let err = d
+            .fallocate(opened.fh, 0, 10, libc::FALLOC_FL_COLLAPSE_RANGE)
+            .unwrap_err();
+        assert_eq!(err.errno(), libc::EOPNOTSUPP);
+    }
+
+    #[test]
+    fn status_file_is_reachable_read_only_and_not_listed() {
+        let (_dir, d) = datadir();
+        let control = d.lookup(ROOT_INO, name(CONTROL_DIR_NAME)).unwrap();
+        assert_eq!(control.kind, EntryKind::Directory);
+        let status = d.lookup(control.ino, name(STATUS_FILE_NAME)).unwrap();
+        let opened = d.open(status.ino, libc::O_RDONLY).unwrap();
+        let text = String::from_utf8(d.read(opened.fh, 0, 1 << 16).unwrap()).unwrap();
+        assert!(
+            text.contains("datadir=/mnt/test\n") && text.contains("fsyncs_redo=0\n"),
+            "{text}"
+        );
+        assert_eq!(
+            d.open(status.ino, libc::O_RDWR).unwrap_err().errno(),
+            libc::EACCES
+        );
+        let listed = d.readdir(ROOT_INO).unwrap();
+        assert!(
+            listed.iter().all(|e| e.name != CONTROL_DIR_NAME),
+            "MariaDB would see a database"
+        );
+    }
+
+    #[test]
+    fn fsync_of_scratch_files_is_not_a_durability_point() {
+        let (_dir, d) = datadir();
+        let (_, tmp) = d
+            .create(ROOT_INO, name("ibtmp1"), 0o660, libc::O_RDWR, ME)
+            .unwrap();
+        let (_, log) = d
+            .create(ROOT_INO, name("ib_logfile0"), 0o660, libc::O_RDWR, ME)
+            .unwrap();
+        d.fsync(tmp.fh, true).unwrap();
+        d.fsync(log.fh, true).unwrap();
+        let status = d.status_text();
+        assert!(
+            status.contains("fsyncs_scratch=0\n") && status.contains("fsyncs_redo=1\n"),
+            "{status}"
+        );
+    }
+}

@@ -1,0 +1,145 @@
+//! `fuse-ibd mount`: mounts the datadir in the foreground until SIGTERM/SIGINT or an external
+//! unmount, then exits cleanly.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use fuse_ibd::datadir::{Datadir, MountInfo};
+use fuse_ibd::fuse::{mount_config, FuseAdapter};
+use fuse_ibd::metrics::Metrics;
+use fuse_ibd::metrics_server::MetricsService;
+use fuse_ibd::preflight;
+
+#[derive(Parser)]
+#[command(
+    name = "fuse-ibd",
+    version,
+    about = "FUSE datadir for stock MariaDB with disaggregated storage"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Mount the datadir and serve it in the foreground.
+    Mount(MountArgs),
+}
+
+#[derive(clap::Args)]
+struct MountArgs {
+    /// Empty directory to mount on: point MariaDB's datadir here.
+    #[arg(long)]
+    datadir: PathBuf,
+    /// Local cache directory (the backing tree lives in <cache-dir>/tree).
+    #[arg(long)]
+    cache_dir: PathBuf,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9091).
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+    /// FUSE request threads.
+    #[arg(long, default_value_t = 8)]
+    threads: usize,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,fuser=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Cmd::Mount(args) => mount(args),
+    }
+}
+
+fn mount(args: MountArgs) -> Result<()> {
+    preflight::check(&args.datadir).context("cannot mount")?;
+    let datadir = args.datadir.canonicalize()?;
+    std::fs::create_dir_all(&args.cache_dir)
+        .with_context(|| format!("cannot create cache dir {}", args.cache_dir.display()))?;
+    let cache_dir = args.cache_dir.canonicalize()?;
+    // Backing files get exactly the modes MariaDB asks for (the kernel already applied its umask).
+    // SAFETY: umask only changes this process's file creation mask.
+    unsafe { libc::umask(0) };
+
+    let metrics = Arc::new(Metrics::default());
+    let info = MountInfo {
+        datadir: datadir.clone(),
+        cache_dir: cache_dir.clone(),
+    };
+    let core = Arc::new(Datadir::new(cache_dir.join("tree"), info, metrics.clone())?);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    if let Some(addr) = args.metrics {
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(addr))
+            .with_context(|| {
+                format!("cannot listen on {addr} for metrics (port taken? pick another --metrics)")
+            })?;
+        tracing::info!(addr = %listener.local_addr()?, "serving /metrics");
+        let mut registry = prometheus_client::registry::Registry::default();
+        let request_metrics = ibd_api::server::RequestMetrics::register(&mut registry);
+        let service = Arc::new(MetricsService {
+            metrics: metrics.clone(),
+        });
+        runtime.spawn(ibd_api::server::serve(
+            listener,
+            service,
+            request_metrics,
+            std::future::pending(),
+        ));
+    }
+
+    let session = fuser::spawn_mount(
+        FuseAdapter::new(core),
+        &datadir,
+        &mount_config(&cache_dir, args.threads),
+    )
+    .with_context(|| format!("mounting {} failed", datadir.display()))?;
+    tracing::info!(datadir = %datadir.display(), cache_dir = %cache_dir.display(), "mounted");
+
+    runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut poll = tokio::time::interval(std::time::Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break tracing::info!("SIGINT: unmounting"),
+                _ = term.recv() => break tracing::info!("SIGTERM: unmounting"),
+                _ = poll.tick() => if session.guard.is_finished() {
+                    tracing::info!("unmounted from outside");
+                    return session.join().context("FUSE session failed");
+                },
+            }
+        }
+        unmount(session, &datadir)
+    })
+}
+
+/// Unmounts; if the datadir is busy (a server still has files open), detaches it lazily so the
+/// daemon can exit and the server sees errors instead of hanging.
+fn unmount(session: fuser::BackgroundSession, datadir: &Path) -> Result<()> {
+    let Err(e) = session.umount_and_join() else {
+        return Ok(());
+    };
+    tracing::warn!(datadir = %datadir.display(), error = %e, "unmount failed (is mariadbd still running?): detaching lazily");
+    let status = Command::new("fusermount3")
+        .arg("-u")
+        .arg("-z")
+        .arg(datadir)
+        .status()?;
+    if !status.success() {
+        bail!("could not unmount {}", datadir.display());
+    }
+    Ok(())
+}
