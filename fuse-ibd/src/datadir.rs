@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
+use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
@@ -21,6 +22,7 @@ use crate::inode::{InodeTable, CONTROL_DIR_INO, ROOT_INO, STATUS_FILE_INO};
 use crate::kind::FileKind;
 use crate::metrics::Metrics;
 use crate::page_locks::PageLocks;
+use crate::redo_tail::{RedoEvent, RedoTailer};
 
 pub const CONTROL_DIR_NAME: &str = ".fuse-ibd";
 pub const STATUS_FILE_NAME: &str = "status";
@@ -131,6 +133,8 @@ pub struct Datadir {
     page_locks: PageLocks,
     metrics: Arc<Metrics>,
     started: SystemTime,
+    /// One tail per redo log inode (`ib_logfile0`, and `ib_logfile101` during a resize).
+    redo: Mutex<HashMap<u64, RedoTailer>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -221,6 +225,7 @@ impl Datadir {
             page_locks: PageLocks::default(),
             metrics,
             started: SystemTime::now(),
+            redo: Mutex::new(HashMap::new()),
         })
     }
 
@@ -425,6 +430,51 @@ impl Datadir {
             .ok_or(FsError::BadHandle(fh))
     }
 
+    /// Starts tailing a redo log the first time it is opened: an existing log is picked up where
+    /// recovery would find its end; a new one when its header is written.
+    fn track_redo(&self, ino: u64, file: &File) -> FsResult<()> {
+        if lock(&self.redo).contains_key(&ino) {
+            return Ok(());
+        }
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut &*file, &mut bytes).map_err(FsError::io("read redo log"))?;
+        let tailer = RedoTailer::from_existing(&bytes).unwrap_or_default();
+        lock(&self.redo).entry(ino).or_insert(tailer);
+        Ok(())
+    }
+
+    /// Feeds a completed write of a redo log to its tail and records what it revealed.
+    fn tail_redo(&self, ino: u64, file: &File, offset: u64, len: u64) {
+        let mut tails = lock(&self.redo);
+        let tailer = tails.entry(ino).or_default();
+        match tailer.on_write(file, offset, len) {
+            Ok(events) => {
+                for event in &events {
+                    match event {
+                        RedoEvent::Geometry { geometry, creator } => {
+                            tracing::info!(first_lsn = geometry.first_lsn, file_size = geometry.file_size, %creator, "new redo log");
+                        }
+                        RedoEvent::Checkpoint { checkpoint, .. } => {
+                            self.metrics.record_redo_checkpoint(checkpoint.checkpoint_lsn)
+                        }
+                        RedoEvent::Wal { bytes, mtrs, .. } => {
+                            self.metrics.record_redo_complete(bytes.len(), mtrs.len())
+                        }
+                    }
+                }
+                if let Some(lsn) = tailer.complete_lsn() {
+                    self.metrics.set_redo_complete_lsn(lsn);
+                }
+            }
+            Err(e) => {
+                // The write itself succeeded locally; a log we cannot parse is the server's
+                // business at its next recovery, but it must be loud.
+                tracing::error!(error = %e, "redo log tail");
+                self.metrics.record_op("redo_tail", 0.0, Some(libc::EIO));
+            }
+        }
+    }
+
     fn opened(&self, file: File, ino: u64, kind: FileKind, flags: i32) -> Opened {
         let direct_io = matches!(kind, FileKind::Page | FileKind::Redo) || flags & libc::O_DIRECT != 0;
         let fh = self.register(Handle::File { file, ino, kind });
@@ -466,6 +516,9 @@ impl Datadir {
             .name(ino)
             .map_or(FileKind::Generic, FileKind::of);
         let file = self.open_backing(&path, flags, None)?;
+        if kind == FileKind::Redo && flags & libc::O_ACCMODE != libc::O_WRONLY {
+            self.track_redo(ino, &file)?;
+        }
         Ok(self.opened(file, ino, kind, flags))
     }
 
@@ -512,6 +565,9 @@ impl Datadir {
         }
         if open_flags & (libc::O_SYNC | libc::O_DSYNC) != 0 {
             file.sync_data().map_err(FsError::io("write (O_DSYNC)"))?;
+        }
+        if *kind == FileKind::Redo {
+            self.tail_redo(*ino, file, offset, data.len() as u64);
         }
         self.metrics.record_write(*kind, data.len());
         Ok(data.len() as u32)
@@ -627,6 +683,20 @@ impl Datadir {
             self.started.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
             lock(&self.handles).len(),
         );
+        if let Some(tail) = lock(&self.redo).values().find(|t| t.geometry().is_some()) {
+            let g = tail.geometry().expect("checked");
+            let _ = writeln!(
+                text,
+                "redo_first_lsn={}\nredo_file_size={}",
+                g.first_lsn, g.file_size
+            );
+            let _ = writeln!(text, "redo_complete_lsn={}", tail.complete_lsn().unwrap_or(0));
+            let _ = writeln!(
+                text,
+                "redo_checkpoint_lsn={}",
+                tail.checkpoint().map_or(0, |c| c.checkpoint_lsn)
+            );
+        }
         self.metrics.write_status(&mut text);
         text
     }

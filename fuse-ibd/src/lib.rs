@@ -15,3 +15,4 @@ pub mod metrics;
 pub mod metrics_server;
 pub mod page_locks;
 pub mod preflight;
+pub mod redo_tail;

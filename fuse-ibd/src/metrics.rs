@@ -6,6 +6,7 @@ use std::fmt::Write;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -43,6 +44,10 @@ pub struct Metrics {
     writes: Family<KindLabels, Counter>,
     written_bytes: Family<KindLabels, Counter>,
     fsyncs: Family<KindLabels, Counter>,
+    redo_complete_lsn: Gauge<i64, std::sync::atomic::AtomicI64>,
+    redo_checkpoint_lsn: Gauge<i64, std::sync::atomic::AtomicI64>,
+    redo_complete_bytes: Counter,
+    redo_mtrs: Counter,
 }
 
 impl Default for Metrics {
@@ -78,6 +83,28 @@ impl Default for Metrics {
             "fsync/fdatasync requests made durable, by file kind",
             fsyncs.clone(),
         );
+        let (redo_complete_lsn, redo_checkpoint_lsn) = (Gauge::default(), Gauge::default());
+        let (redo_complete_bytes, redo_mtrs) = (Counter::default(), Counter::default());
+        registry.register(
+            "redo_complete_lsn",
+            "End LSN of the last complete, CRC-valid mini-transaction written to the redo log",
+            redo_complete_lsn.clone(),
+        );
+        registry.register(
+            "redo_checkpoint_lsn",
+            "Latest checkpoint LSN written to the redo log",
+            redo_checkpoint_lsn.clone(),
+        );
+        registry.register(
+            "redo_complete_bytes",
+            "Bytes of complete mini-transactions seen in the redo log",
+            redo_complete_bytes.clone(),
+        );
+        registry.register(
+            "redo_mtrs",
+            "Complete mini-transactions seen in the redo log",
+            redo_mtrs.clone(),
+        );
         Self {
             registry,
             op_duration,
@@ -87,6 +114,10 @@ impl Default for Metrics {
             writes,
             written_bytes,
             fsyncs,
+            redo_complete_lsn,
+            redo_checkpoint_lsn,
+            redo_complete_bytes,
+            redo_mtrs,
         }
     }
 }
@@ -119,6 +150,19 @@ impl Metrics {
         self.fsyncs
             .get_or_create(&KindLabels { kind: kind.as_str() })
             .inc();
+    }
+
+    pub fn set_redo_complete_lsn(&self, lsn: u64) {
+        self.redo_complete_lsn.set(lsn as i64);
+    }
+
+    pub fn record_redo_checkpoint(&self, lsn: u64) {
+        self.redo_checkpoint_lsn.set(lsn as i64);
+    }
+
+    pub fn record_redo_complete(&self, bytes: usize, mtrs: usize) {
+        self.redo_complete_bytes.inc_by(bytes as u64);
+        self.redo_mtrs.inc_by(mtrs as u64);
     }
 
     /// Appends `key=value` lines with the I/O counters (for `.fuse-ibd/status`).

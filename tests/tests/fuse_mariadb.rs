@@ -67,6 +67,32 @@ fn fingerprint(db: &MariaDb) -> Vec<String> {
     .collect()
 }
 
+/// A `key=value` line of the mount's `.fuse-ibd/status`.
+fn status_value(mnt: &std::path::Path, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(mnt.join(".fuse-ibd/status")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+}
+
+/// The redo tail converges to the LSN the server has flushed (quiesced: no more log writes).
+fn assert_redo_tail_matches_server(db: &MariaDb, mnt: &std::path::Path) {
+    let query = "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'INNODB_LSN_FLUSHED'";
+    let mut last = (String::new(), None);
+    for _ in 0..50 {
+        let flushed = db.value(query).unwrap();
+        let tail = status_value(mnt, "redo_complete_lsn");
+        if tail.map(|t| t.to_string()) == Some(flushed.clone()) {
+            return;
+        }
+        last = (flushed, tail);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!(
+        "redo tail {:?} never reached the server's flushed LSN {}",
+        last.1, last.0
+    );
+}
+
 #[test]
 fn mariadb_runs_on_the_mount_and_survives_crash_and_clean_restarts() {
     if !require("mariadb_runs_on_the_mount_and_survives_crash_and_clean_restarts") {
