@@ -106,16 +106,20 @@ fn mariadb_runs_on_the_mount_and_survives_crash_and_clean_restarts() {
     assert_eq!(db.value("SELECT @@innodb_doublewrite").unwrap(), "0");
     workload(&db);
     check_tables(&db);
+    assert_redo_tail_matches_server(&db, &mnt);
     let before = fingerprint(&db);
 
-    // mariadbd crashes; the mount (and its cache) stays: InnoDB's recovery brings it back.
+    // mariadbd crashes; the mount (and its cache) stays: InnoDB's recovery brings it back, and
+    // finds the end of the log exactly where the mount's redo tail is.
     db.kill();
+    let tail_at_crash = status_value(&mnt, "redo_complete_lsn").expect("the mount tails the redo log");
     let db = MariaDb::start(&mnt, SERVER_ARGS).unwrap();
     assert!(
         db.error_log().contains("Starting crash recovery"),
         "{}",
         db.error_log_tail(20)
     );
+    assert_eq!(db.reported_end_of_log(), Some(tail_at_crash));
     check_tables(&db);
     assert_eq!(fingerprint(&db), before);
     db.sql("INSERT INTO shop.items (name, price, note) VALUES ('after-crash', 1, 'x')")
