@@ -120,6 +120,8 @@ impl Default for RetryPolicy {
 pub struct RawResponse {
     pub status: StatusCode,
     pub content_type: Option<String>,
+    /// All response headers (services put per-answer metadata there, e.g. a page's CRC-32C).
+    pub headers: hyper::HeaderMap,
     pub body: Bytes,
 }
 
@@ -237,6 +239,7 @@ impl HttpClient {
             .get(hyper::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        let headers = resp.headers().clone();
         let body = resp
             .into_body()
             .collect()
@@ -247,6 +250,7 @@ impl HttpClient {
             return Ok(RawResponse {
                 status,
                 content_type,
+                headers,
                 body,
             });
         }

@@ -9,8 +9,10 @@
 
 pub mod client;
 pub mod error;
+pub mod pageserver;
 #[cfg(feature = "server")]
 pub mod server;
+pub mod walsync;
 
 pub use client::{ClientError, HttpClient, RetryPolicy};
 pub use error::ErrorBody;

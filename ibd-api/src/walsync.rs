@@ -1,0 +1,696 @@
+//! walsync: wire types, the append-stream framing, and the typed client.
+//!
+//! The API is documented in `walsync/docs/api.md`. In short: a timeline's WAL is addressed by LSN;
+//! a writer acquires a term, then appends `(start_lsn, bytes)` that continue exactly at the durable
+//! end, either one request per chunk ([`WalsyncClient::append`]) or over one long-lived stream
+//! ([`WalAppendStream`]) whose answer carries the durable LSN as it advances. Every chunk carries
+//! its CRC-32C. A quorum client can wrap several [`WalsyncClient`]s: every call is addressed by
+//! (timeline, term, LSN) and idempotent on an exact resend, so it may be sent to N nodes and
+//! counted when a majority answers.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+
+use crate::client::{ClientError, HttpClient, RetryPolicy};
+use crate::error::ErrorBody;
+
+/// Environment variable naming the walsync (safekeeper) URL.
+pub const URL_ENV: &str = "SAFEKEEPER_URL";
+pub const DEFAULT_URL: &str = "http://127.0.0.1:8082";
+
+/// Largest WAL chunk accepted in one append or stream frame (InnoDB's largest mtr is 1 MiB).
+pub const MAX_CHUNK_LEN: usize = 16 << 20;
+
+/// Query parameter (or header `x-crc32c`) carrying the CRC-32C of a plain append's body, as 8 hex
+/// digits; a WAL read answers with the header.
+pub const CRC_PARAM: &str = "crc32c";
+pub const CRC_HEADER: &str = "x-crc32c";
+
+/// `PUT /v1/timelines/{tl}`: create a timeline, empty or as a branch of another at an LSN.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateTimelineRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<BranchPoint>,
+}
+
+/// Where a branch starts: its WAL below `lsn` is the parent's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BranchPoint {
+    pub timeline_id: String,
+    pub lsn: u64,
+}
+
+/// `POST /v1/timelines/{tl}/term` body (optional). Without a term the node grants current + 1; with
+/// one it adopts it if it is newer than every term it granted (how a quorum client aligns N nodes).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcquireTermRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TermResponse {
+    pub term: u64,
+    /// Where the new writer continues (`None` for an empty timeline).
+    pub durable_lsn: Option<u64>,
+}
+
+/// Answer of a plain append, and the acknowledgement carried by the append stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppendResponse {
+    pub durable_lsn: u64,
+}
+
+/// The redo log geometry from the `ib_logfile0` header, effective from `at_lsn` on (a log resize
+/// records a new one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Geometry {
+    pub first_lsn: u64,
+    pub file_size: u64,
+    pub creator: String,
+    pub at_lsn: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GeometryRecord {
+    #[serde(flatten)]
+    pub geometry: Geometry,
+    /// walsync's durable LSN when the geometry arrived.
+    pub durable_lsn_at_arrival: Option<u64>,
+    pub received_at_unix_ms: u64,
+}
+
+/// A checkpoint block as InnoDB wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub checkpoint_lsn: u64,
+    pub end_lsn: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointRecord {
+    #[serde(flatten)]
+    pub checkpoint: Checkpoint,
+    /// walsync's durable LSN when the checkpoint arrived.
+    pub durable_lsn_at_arrival: Option<u64>,
+    pub received_at_unix_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointHistory {
+    pub checkpoints: Vec<CheckpointRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GeometryHistory {
+    pub geometry: Vec<GeometryRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineStatus {
+    pub timeline_id: String,
+    pub parent: Option<BranchPoint>,
+    pub term: u64,
+    /// First LSN of this timeline's own WAL (a branch's WAL below it is read from the parent).
+    pub wal_start_lsn: Option<u64>,
+    pub durable_lsn: Option<u64>,
+    /// The latest geometry (first LSN, file size, creator).
+    pub geometry: Option<GeometryRecord>,
+    pub latest_checkpoint: Option<CheckpointRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineList {
+    pub timelines: Vec<TimelineStatus>,
+}
+
+/// `GET /v1/timelines/{tl}/recovery?lsn=T`: what a fresh node needs to synthesize `ib_logfile0`
+/// that recovers to `wal_to`: the geometry in force, the checkpoint to start from, and the WAL range
+/// `[wal_from, wal_to)` to fetch with `GET .../wal`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryPlan {
+    pub timeline_id: String,
+    pub geometry: Geometry,
+    pub checkpoint: Checkpoint,
+    pub wal_from: u64,
+    pub wal_to: u64,
+}
+
+/// One line of the append stream's answer (JSON per line): the durable LSN after a frame, or the
+/// error that ended the stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum StreamAck {
+    Durable {
+        durable_lsn: u64,
+    },
+    Failed {
+        status: u16,
+        error: String,
+        message: String,
+    },
+}
+
+/// A WAL chunk on the append stream. On the wire: `[u64 start_lsn][u32 len][u32 crc32c(data)][data]`,
+/// little-endian.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WalFrame {
+    pub start_lsn: u64,
+    pub data: Bytes,
+}
+
+pub const FRAME_HEADER_LEN: usize = 16;
+
+pub fn encode_frame(start_lsn: u64, data: &[u8]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(FRAME_HEADER_LEN + data.len());
+    buf.put_u64_le(start_lsn);
+    buf.put_u32_le(data.len() as u32);
+    buf.put_u32_le(crate::crc32c(data));
+    buf.put_slice(data);
+    buf.freeze()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame at LSN {start_lsn}: CRC-32C mismatch (sent {sent:08x}, computed {computed:08x})")]
+    CrcMismatch {
+        start_lsn: u64,
+        sent: u32,
+        computed: u32,
+    },
+    #[error("frame at LSN {start_lsn}: length {len} is not in 1..={MAX_CHUNK_LEN}")]
+    BadLength { start_lsn: u64, len: usize },
+}
+
+/// Splits a byte stream into [`WalFrame`]s, whatever the chunking of the transport.
+#[derive(Debug, Default)]
+pub struct FrameDecoder {
+    buf: BytesMut,
+}
+
+impl FrameDecoder {
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next complete frame, `Ok(None)` if more bytes are needed.
+    pub fn next_frame(&mut self) -> Result<Option<WalFrame>, FrameError> {
+        if self.buf.len() < FRAME_HEADER_LEN {
+            return Ok(None);
+        }
+        let mut header = &self.buf[..FRAME_HEADER_LEN];
+        let start_lsn = header.get_u64_le();
+        let len = header.get_u32_le() as usize;
+        let sent = header.get_u32_le();
+        if len == 0 || len > MAX_CHUNK_LEN {
+            return Err(FrameError::BadLength { start_lsn, len });
+        }
+        if self.buf.len() < FRAME_HEADER_LEN + len {
+            return Ok(None);
+        }
+        self.buf.advance(FRAME_HEADER_LEN);
+        let data = self.buf.split_to(len).freeze();
+        let computed = crate::crc32c(&data);
+        if computed != sent {
+            return Err(FrameError::CrcMismatch {
+                start_lsn,
+                sent,
+                computed,
+            });
+        }
+        Ok(Some(WalFrame { start_lsn, data }))
+    }
+
+    /// Bytes of an incomplete frame still buffered (non-zero at the end of a stream = truncated).
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+}
+
+/// An HTTP body fed from a channel: the append stream's request body.
+#[derive(Debug)]
+struct ChannelBody {
+    rx: mpsc::Receiver<Bytes>,
+}
+
+impl ChannelBody {
+    fn new(capacity: usize) -> (mpsc::Sender<Bytes>, Self) {
+        let (tx, rx) = mpsc::channel(capacity);
+        (tx, Self { rx })
+    }
+}
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        self.rx.poll_recv(cx).map(|m| m.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+/// Typed client of one walsync node.
+#[derive(Debug, Clone)]
+pub struct WalsyncClient {
+    http: HttpClient,
+}
+
+impl WalsyncClient {
+    pub fn new(base_url: &str) -> Result<Self, ClientError> {
+        Ok(Self {
+            http: HttpClient::new(base_url, RetryPolicy::default())?,
+        })
+    }
+
+    /// The node named by `SAFEKEEPER_URL`, or the default `http://127.0.0.1:8082`.
+    pub fn from_env() -> Result<Self, ClientError> {
+        Self::new(&std::env::var(URL_ENV).unwrap_or_else(|_| DEFAULT_URL.to_string()))
+    }
+
+    pub fn with_retry(&self, retry: RetryPolicy) -> Self {
+        Self {
+            http: self.http.with_retry(retry),
+        }
+    }
+
+    pub fn base_url(&self) -> &str {
+        self.http.base_url()
+    }
+
+    pub async fn healthz(&self) -> Result<(), ClientError> {
+        self.http.get_bytes("/healthz").await.map(drop)
+    }
+
+    pub async fn list_timelines(&self) -> Result<TimelineList, ClientError> {
+        self.http.get_json("/v1/timelines").await
+    }
+
+    /// Creates a timeline (idempotent when it exists with the same parent).
+    pub async fn create_timeline(
+        &self,
+        timeline: &str,
+        req: &CreateTimelineRequest,
+    ) -> Result<TimelineStatus, ClientError> {
+        self.put_json(&format!("/v1/timelines/{timeline}"), req).await
+    }
+
+    pub async fn status(&self, timeline: &str) -> Result<TimelineStatus, ClientError> {
+        self.http
+            .get_json(&format!("/v1/timelines/{timeline}/status"))
+            .await
+    }
+
+    /// Acquires a new term (creating the timeline if needed); see [`AcquireTermRequest`].
+    pub async fn acquire_term(&self, timeline: &str, term: Option<u64>) -> Result<TermResponse, ClientError> {
+        self.http
+            .post_json(
+                &format!("/v1/timelines/{timeline}/term"),
+                &AcquireTermRequest { term },
+            )
+            .await
+    }
+
+    /// Appends `data` at `start_lsn` and returns once it is durable.
+    pub async fn append(
+        &self,
+        timeline: &str,
+        term: u64,
+        start_lsn: u64,
+        data: Bytes,
+    ) -> Result<AppendResponse, ClientError> {
+        let crc = crate::crc32c(&data);
+        let path =
+            format!("/v1/timelines/{timeline}/wal?term={term}&start_lsn={start_lsn}&{CRC_PARAM}={crc:08x}");
+        self.http.post_bytes(&path, data).await
+    }
+
+    /// Reads the durable WAL bytes `[from, to)`, checking the answer's length and CRC-32C.
+    pub async fn read_wal(&self, timeline: &str, from: u64, to: u64) -> Result<Bytes, ClientError> {
+        let path = format!("/v1/timelines/{timeline}/wal?from={from}&to={to}");
+        let resp = self.http.get_bytes(&path).await?;
+        let computed = crate::crc32c(&resp.body);
+        let sent = resp
+            .headers
+            .get(CRC_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| u32::from_str_radix(v, 16).ok());
+        let problem = if resp.body.len() as u64 != to.saturating_sub(from) {
+            Some(format!(
+                "expected {} bytes, got {}",
+                to.saturating_sub(from),
+                resp.body.len()
+            ))
+        } else if sent != Some(computed) {
+            Some(format!(
+                "CRC-32C {computed:08x} does not match the {CRC_HEADER} header {sent:08x?}"
+            ))
+        } else {
+            None
+        };
+        match problem {
+            Some(message) => Err(ClientError::Decode {
+                url: format!("{}{path}", self.base_url()),
+                message,
+            }),
+            None => Ok(resp.body),
+        }
+    }
+
+    pub async fn put_geometry(
+        &self,
+        timeline: &str,
+        term: u64,
+        geometry: &Geometry,
+    ) -> Result<GeometryRecord, ClientError> {
+        self.put_json(
+            &format!("/v1/timelines/{timeline}/geometry?term={term}"),
+            geometry,
+        )
+        .await
+    }
+
+    pub async fn geometry_history(&self, timeline: &str) -> Result<GeometryHistory, ClientError> {
+        self.http
+            .get_json(&format!("/v1/timelines/{timeline}/geometry"))
+            .await
+    }
+
+    pub async fn add_checkpoint(
+        &self,
+        timeline: &str,
+        term: u64,
+        checkpoint: &Checkpoint,
+    ) -> Result<CheckpointRecord, ClientError> {
+        self.http
+            .post_json(
+                &format!("/v1/timelines/{timeline}/checkpoints?term={term}"),
+                checkpoint,
+            )
+            .await
+    }
+
+    pub async fn checkpoints(&self, timeline: &str) -> Result<CheckpointHistory, ClientError> {
+        self.http
+            .get_json(&format!("/v1/timelines/{timeline}/checkpoints"))
+            .await
+    }
+
+    /// What a fresh node needs to recover to `lsn` (default: the durable LSN).
+    pub async fn recovery_plan(&self, timeline: &str, lsn: Option<u64>) -> Result<RecoveryPlan, ClientError> {
+        let query = lsn.map(|l| format!("?lsn={l}")).unwrap_or_default();
+        self.http
+            .get_json(&format!("/v1/timelines/{timeline}/recovery{query}"))
+            .await
+    }
+
+    /// Opens a long-lived append stream on its own connection.
+    pub async fn open_stream(&self, timeline: &str, term: u64) -> Result<WalAppendStream, ClientError> {
+        WalAppendStream::open(self.base_url(), timeline, term).await
+    }
+
+    async fn put_json<B: Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let url = format!("{}{path}", self.base_url());
+        let body = serde_json::to_vec(body).map_err(|e| ClientError::Decode {
+            url: url.clone(),
+            message: e.to_string(),
+        })?;
+        let resp = self
+            .http
+            .send(Method::PUT, path, Some("application/json"), body.into())
+            .await?;
+        serde_json::from_slice(&resp.body).map_err(|e| ClientError::Decode {
+            url,
+            message: e.to_string(),
+        })
+    }
+}
+
+/// What the reader of a stream's acknowledgements has seen so far.
+#[derive(Debug, Clone, Default)]
+struct StreamState {
+    durable_lsn: Option<u64>,
+    /// Set when the stream ended: `None` inside = closed cleanly after the last ack.
+    ended: Option<Option<StreamFailure>>,
+}
+
+#[derive(Debug, Clone)]
+struct StreamFailure {
+    status: Option<StatusCode>,
+    body: ErrorBody,
+}
+
+/// A long-lived append: frames go out on a chunked request body, durable-LSN acks come back on the
+/// streamed answer. Frames are pipelined: [`send`](Self::send) does not wait for durability;
+/// [`wait_durable`](Self::wait_durable) does. The stream ends at the first refused frame.
+#[derive(Debug)]
+pub struct WalAppendStream {
+    url: String,
+    frames: mpsc::Sender<Bytes>,
+    state: watch::Receiver<StreamState>,
+}
+
+impl WalAppendStream {
+    async fn open(base_url: &str, timeline: &str, term: u64) -> Result<Self, ClientError> {
+        let authority = base_url.trim_start_matches("http://").to_string();
+        let path = format!("/v1/timelines/{timeline}/wal/stream?term={term}");
+        let url = format!("{base_url}{path}");
+        let transport = |message: String| ClientError::Transport {
+            url: url.clone(),
+            message,
+        };
+        let tcp = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&authority))
+            .await
+            .map_err(|_| transport("connect timed out".into()))?
+            .map_err(|e| transport(e.to_string()))?;
+        tcp.set_nodelay(true).map_err(|e| transport(e.to_string()))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| transport(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "walsync append stream connection ended");
+            }
+        });
+        let (frames, body) = ChannelBody::new(256);
+        let req = Request::builder()
+            .method(Method::POST)
+            .uri(&path)
+            .header(hyper::header::HOST, &authority)
+            .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
+            .body(body)
+            .map_err(|e| transport(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| transport(e.to_string()))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| transport(e.to_string()))?
+                .to_bytes();
+            let body = serde_json::from_slice(&body)
+                .unwrap_or_else(|_| ErrorBody::new("http_error", String::from_utf8_lossy(&body)));
+            return Err(ClientError::Status { url, status, body });
+        }
+        let (state_tx, state) = watch::channel(StreamState::default());
+        tokio::spawn(read_acks(resp.into_body(), state_tx));
+        Ok(Self { url, frames, state })
+    }
+
+    /// Queues `data` at `start_lsn`; fails if the stream already ended.
+    pub async fn send(&self, start_lsn: u64, data: &[u8]) -> Result<(), ClientError> {
+        self.check()?;
+        if self.frames.send(encode_frame(start_lsn, data)).await.is_err() {
+            self.check()?;
+            return Err(self.closed_error("the append stream is closed"));
+        }
+        Ok(())
+    }
+
+    /// The durable LSN acknowledged so far.
+    pub fn durable_lsn(&self) -> Option<u64> {
+        self.state.borrow().durable_lsn
+    }
+
+    /// Waits until the durable LSN reaches `lsn`, returning it. Several tasks may wait at once.
+    pub async fn wait_durable(&self, lsn: u64) -> Result<u64, ClientError> {
+        let reached = |s: &StreamState| s.durable_lsn.filter(|d| *d >= lsn);
+        match self.wait_for(|s| reached(s).is_some()).await? {
+            state if reached(&state).is_some() => Ok(state.durable_lsn.unwrap_or(lsn)),
+            _ => Err(self.closed_error(&format!(
+                "the append stream ended before LSN {lsn} was acknowledged"
+            ))),
+        }
+    }
+
+    /// Ends the request body and waits for the server to acknowledge everything sent.
+    pub async fn finish(mut self) -> Result<Option<u64>, ClientError> {
+        // Replacing the only sender of the request body ends it.
+        self.frames = mpsc::channel(1).0;
+        self.wait_for(|_| false).await.map(|s| s.durable_lsn)
+    }
+
+    /// Waits until `done` holds or the stream ended (cleanly: the state is returned; with a failure:
+    /// it is returned as the error).
+    async fn wait_for(&self, done: impl Fn(&StreamState) -> bool) -> Result<StreamState, ClientError> {
+        let mut state_rx = self.state.clone();
+        loop {
+            let state = state_rx.borrow_and_update().clone();
+            match &state.ended {
+                Some(Some(failure)) => return Err(self.failure_error(failure)),
+                Some(None) => return Ok(state),
+                None if done(&state) => return Ok(state),
+                None => {}
+            }
+            if state_rx.changed().await.is_err() && state_rx.borrow().ended.is_none() {
+                return Err(self.closed_error("the append stream's reader stopped"));
+            }
+        }
+    }
+
+    fn closed_error(&self, message: &str) -> ClientError {
+        self.failure_error(&StreamFailure {
+            status: None,
+            body: ErrorBody::new("stream_closed", message),
+        })
+    }
+
+    fn check(&self) -> Result<(), ClientError> {
+        match &self.state.borrow().ended {
+            Some(Some(failure)) => Err(self.failure_error(failure)),
+            _ => Ok(()),
+        }
+    }
+
+    fn failure_error(&self, failure: &StreamFailure) -> ClientError {
+        match failure.status {
+            Some(status) => ClientError::Status {
+                url: self.url.clone(),
+                status,
+                body: failure.body.clone(),
+            },
+            None => ClientError::Transport {
+                url: self.url.clone(),
+                message: format!("{}: {}", failure.body.error, failure.body.message),
+            },
+        }
+    }
+}
+
+async fn read_acks(mut body: Incoming, state: watch::Sender<StreamState>) {
+    let mut pending = BytesMut::new();
+    let ended = loop {
+        match body.frame().await {
+            None => break None,
+            Some(Err(e)) => {
+                break Some(StreamFailure {
+                    status: None,
+                    body: ErrorBody::new("transport", e.to_string()),
+                })
+            }
+            Some(Ok(frame)) => {
+                let Ok(data) = frame.into_data() else { continue };
+                pending.extend_from_slice(&data);
+            }
+        }
+        while let Some(nl) = pending.iter().position(|b| *b == b'\n') {
+            let line = pending.split_to(nl + 1);
+            match serde_json::from_slice::<StreamAck>(&line[..nl]) {
+                Ok(StreamAck::Durable { durable_lsn }) => {
+                    state.send_modify(|s| s.durable_lsn = Some(durable_lsn));
+                }
+                Ok(StreamAck::Failed {
+                    status,
+                    error,
+                    message,
+                }) => {
+                    let failure = StreamFailure {
+                        status: StatusCode::from_u16(status).ok(),
+                        body: ErrorBody::new(error, message),
+                    };
+                    state.send_modify(|s| s.ended = Some(Some(failure)));
+                    return;
+                }
+                Err(e) => {
+                    let failure = StreamFailure {
+                        status: None,
+                        body: ErrorBody::new("bad_ack", format!("undecodable ack line: {e}")),
+                    };
+                    state.send_modify(|s| s.ended = Some(Some(failure)));
+                    return;
+                }
+            }
+        }
+    };
+    state.send_modify(|s| s.ended = Some(ended));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_decode_across_arbitrary_splits() {
+        let mut wire = Vec::new();
+        wire.extend_from_slice(&encode_frame(100, b"hello"));
+        wire.extend_from_slice(&encode_frame(105, &[7u8; 300]));
+        for split in 0..wire.len() {
+            let mut dec = FrameDecoder::default();
+            let mut frames = Vec::new();
+            for part in [&wire[..split], &wire[split..]] {
+                dec.push(part);
+                while let Some(f) = dec.next_frame().unwrap() {
+                    frames.push(f);
+                }
+            }
+            assert_eq!(frames.len(), 2);
+            assert_eq!(frames[0].start_lsn, 100);
+            assert_eq!(&frames[0].data[..], b"hello");
+            assert_eq!(frames[1].start_lsn, 105);
+            assert_eq!(dec.buffered(), 0);
+        }
+    }
+
+    #[test]
+    fn corrupted_frame_is_refused() {
+        let mut wire = encode_frame(1, b"abc").to_vec();
+        *wire.last_mut().unwrap() ^= 1;
+        let mut dec = FrameDecoder::default();
+        dec.push(&wire);
+        assert!(matches!(
+            dec.next_frame(),
+            Err(FrameError::CrcMismatch { start_lsn: 1, .. })
+        ));
+        let mut dec = FrameDecoder::default();
+        dec.push(&encode_frame(1, b"")[..]);
+        assert!(matches!(dec.next_frame(), Err(FrameError::BadLength { .. })));
+    }
+
+    #[test]
+    fn acks_round_trip_as_json_lines() {
+        let ok = serde_json::to_string(&StreamAck::Durable { durable_lsn: 42 }).unwrap();
+        assert_eq!(ok, r#"{"durable_lsn":42}"#);
+        let failed: StreamAck =
+            serde_json::from_str(r#"{"status":409,"error":"gap","message":"m"}"#).unwrap();
+        assert!(matches!(failed, StreamAck::Failed { status: 409, .. }));
+    }
+}

@@ -1,0 +1,194 @@
+//! The in-memory index: for each page, its versions (sorted by seq) and where each one lives.
+
+use std::collections::HashMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PageKey {
+    pub timeline: u32,
+    pub file: u64,
+    pub block: u64,
+}
+
+/// A record's place on disk: segment, byte offset of the record, whole record length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    pub segment: u64,
+    pub offset: u64,
+    pub len: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageVersion {
+    pub seq: u64,
+    pub lsn: u64,
+    pub crc32c: u32,
+    pub image_len: u32,
+    pub written_at_ms: u64,
+    pub location: Location,
+    /// The image failed its CRC-32C when the record was scanned: never serve it.
+    pub damaged: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct PageIndex {
+    pages: HashMap<PageKey, Vec<PageVersion>>,
+    versions: usize,
+}
+
+impl PageIndex {
+    /// Adds a version; returns the one it replaces (same page and seq: a replayed or compacted copy).
+    pub fn insert(&mut self, key: PageKey, version: PageVersion) -> Option<PageVersion> {
+        let versions = self.pages.entry(key).or_default();
+        // Versions almost always arrive in seq order: check the end first.
+        let pos = match versions.last() {
+            Some(last) if last.seq < version.seq => Err(versions.len()),
+            _ => versions.binary_search_by_key(&version.seq, |v| v.seq),
+        };
+        match pos {
+            Ok(i) => Some(std::mem::replace(&mut versions[i], version)),
+            Err(i) => {
+                versions.insert(i, version);
+                self.versions += 1;
+                None
+            }
+        }
+    }
+
+    /// The newest version with seq <= `max_seq` and page LSN <= `max_lsn`.
+    pub fn find(&self, key: &PageKey, max_seq: u64, max_lsn: u64) -> Option<&PageVersion> {
+        let versions = self.pages.get(key)?;
+        let n = versions.partition_point(|v| v.seq <= max_seq);
+        versions[..n].iter().rev().find(|v| v.lsn <= max_lsn)
+    }
+
+    pub fn versions(&self, key: &PageKey) -> &[PageVersion] {
+        self.pages.get(key).map_or(&[], Vec::as_slice)
+    }
+
+    /// Moves a version to `to` if it still lives at `from` (compaction copied it).
+    pub fn relocate(&mut self, key: &PageKey, seq: u64, from: Location, to: Location) -> bool {
+        let Some(versions) = self.pages.get_mut(key) else {
+            return false;
+        };
+        match versions.binary_search_by_key(&seq, |v| v.seq) {
+            Ok(i) if versions[i].location == from => {
+                versions[i].location = to;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether this exact record is a live version.
+    pub fn is_live(&self, key: &PageKey, seq: u64, at: Location) -> bool {
+        self.pages.get(key).is_some_and(|versions| {
+            versions
+                .binary_search_by_key(&seq, |v| v.seq)
+                .is_ok_and(|i| versions[i].location == at)
+        })
+    }
+
+    /// Drops the versions `keep` refuses (given the page and all its versions); calls `dropped`
+    /// for each.
+    pub fn retain(
+        &mut self,
+        mut keep: impl FnMut(&PageKey, &[PageVersion]) -> Vec<bool>,
+        mut dropped: impl FnMut(&PageVersion),
+    ) {
+        let mut removed = 0;
+        self.pages.retain(|key, versions| {
+            let decisions = keep(key, versions);
+            let mut decision = decisions.iter();
+            versions.retain(|v| {
+                let kept = *decision.next().expect("one decision per version");
+                if !kept {
+                    dropped(v);
+                    removed += 1;
+                }
+                kept
+            });
+            !versions.is_empty()
+        });
+        self.versions -= removed;
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&PageKey, &PageVersion)> {
+        self.pages
+            .iter()
+            .flat_map(|(key, versions)| versions.iter().map(move |v| (key, v)))
+    }
+
+    /// Number of versions held.
+    pub fn len(&self) -> usize {
+        self.versions
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: PageKey = PageKey {
+        timeline: 1,
+        file: 1,
+        block: 0,
+    };
+
+    fn version(seq: u64, lsn: u64) -> PageVersion {
+        PageVersion {
+            seq,
+            lsn,
+            crc32c: 0,
+            image_len: 0,
+            written_at_ms: 0,
+            location: Location {
+                segment: 1,
+                offset: seq,
+                len: 1,
+            },
+            damaged: false,
+        }
+    }
+
+    #[test]
+    fn find_honours_seq_and_lsn_bounds() {
+        let mut index = PageIndex::default();
+        for (seq, lsn) in [(5, 50), (2, 20), (9, 90)] {
+            assert!(index.insert(KEY, version(seq, lsn)).is_none());
+        }
+        assert_eq!(index.len(), 3);
+        assert_eq!(index.find(&KEY, u64::MAX, u64::MAX).unwrap().seq, 9);
+        assert_eq!(index.find(&KEY, 8, u64::MAX).unwrap().seq, 5);
+        assert_eq!(index.find(&KEY, u64::MAX, 49).unwrap().seq, 2);
+        assert!(index.find(&KEY, 1, u64::MAX).is_none());
+        assert!(
+            index.insert(KEY, version(5, 50)).is_some(),
+            "a duplicate replaces"
+        );
+        assert_eq!(index.len(), 3);
+    }
+
+    #[test]
+    fn retain_and_relocate() {
+        let mut index = PageIndex::default();
+        for seq in 1..=4 {
+            index.insert(KEY, version(seq, seq));
+        }
+        let mut dropped = Vec::new();
+        index.retain(
+            |_, vs| vs.iter().map(|v| v.seq % 2 == 0).collect(),
+            |v| dropped.push(v.seq),
+        );
+        assert_eq!(dropped, vec![1, 3]);
+        assert_eq!(index.len(), 2);
+        let from = version(2, 2).location;
+        let to = Location {
+            segment: 2,
+            offset: 0,
+            len: 1,
+        };
+        assert!(index.relocate(&KEY, 2, from, to));
+        assert!(!index.relocate(&KEY, 2, from, to), "already moved");
+        assert!(index.is_live(&KEY, 2, to));
+    }
+}

@@ -1,0 +1,547 @@
+//! Storage core without HTTP: versions, branches, terms, recovery, damage, GC and compaction.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use ibd_api::pageserver::{
+    AcquireTermRequest, CreateFileRequest, CreateTimelineRequest, FileKind, PageAddr, PageUpload, ReadAt,
+    RecordMarkerRequest, UpdateFileRequest, BLOCK_SIZE,
+};
+use prometheus_client::registry::Registry;
+
+use super::record::{self, Scanned, HEADER_LEN, PAGE_META_LEN};
+use super::{segment, Store, StoreConfig, StoreError};
+
+fn config(dir: &std::path::Path) -> StoreConfig {
+    StoreConfig {
+        maintenance_interval: None,
+        snapshot_interval: None,
+        ..StoreConfig::new(dir)
+    }
+}
+
+fn open(config: StoreConfig) -> Store {
+    Store::open(config, &mut Registry::default()).expect("store opens")
+}
+
+fn image(fill: u8) -> Bytes {
+    Bytes::from(vec![fill; BLOCK_SIZE])
+}
+
+fn at(file: u64, block: u64) -> PageAddr {
+    PageAddr::File { file, block }
+}
+
+/// A root timeline `main` with term 1 and one page file (space 7); returns its file id.
+async fn setup(store: &Store) -> u64 {
+    store
+        .create_timeline(CreateTimelineRequest {
+            id: "main".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    store
+        .acquire_term("main", AcquireTermRequest::default())
+        .await
+        .unwrap();
+    store
+        .create_file(
+            "main",
+            CreateFileRequest {
+                term: 1,
+                path: "db/t.ibd".into(),
+                kind: FileKind::Page,
+                size: 0,
+                space_id: Some(7),
+            },
+        )
+        .await
+        .unwrap()
+        .id
+}
+
+async fn put(store: &Store, timeline: &str, term: u64, file: u64, block: u64, lsn: u64, fill: u8) -> u64 {
+    store
+        .put_pages(
+            timeline,
+            term,
+            vec![PageUpload::new(file, block, lsn, image(fill))],
+        )
+        .await
+        .unwrap()
+        .last_seq
+}
+
+fn fill_of(store: &Store, timeline: &str, addr: PageAddr, read_at: ReadAt) -> u8 {
+    let page = store.read_page(timeline, addr, read_at).unwrap();
+    assert_eq!(page.crc32c, ibd_api::crc32c(&page.image));
+    assert!(page.image.iter().all(|&b| b == page.image[0]));
+    page.image[0]
+}
+
+#[tokio::test]
+async fn versions_are_read_latest_at_seq_and_at_lsn() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(config(dir.path()));
+    let file = setup(&store).await;
+    let s1 = put(&store, "main", 1, file, 0, 100, 1).await;
+    let s2 = put(&store, "main", 1, file, 0, 200, 2).await;
+    assert!(s2 > s1);
+    assert_eq!(fill_of(&store, "main", at(file, 0), ReadAt::Latest), 2);
+    assert_eq!(fill_of(&store, "main", at(file, 0), ReadAt::Seq(s1)), 1);
+    assert_eq!(fill_of(&store, "main", at(file, 0), ReadAt::Lsn(199)), 1);
+    assert_eq!(
+        fill_of(
+            &store,
+            "main",
+            PageAddr::Space { space: 7, page: 0 },
+            ReadAt::Latest
+        ),
+        2
+    );
+    let zero = store.read_page("main", at(file, 5), ReadAt::Latest).unwrap();
+    assert!(!zero.found && zero.image.iter().all(|&b| b == 0));
+    let versions = store.page_versions("main", at(file, 0), 150, u64::MAX).unwrap();
+    assert_eq!(versions.len(), 1);
+    assert_eq!((versions[0].seq, versions[0].lsn), (s2, 200));
+    assert!(matches!(
+        store.read_page("main", at(999, 0), ReadAt::Latest),
+        Err(StoreError::FileNotFound(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_branch_sees_its_parent_until_it_overwrites_and_can_start_at_a_marker() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(config(dir.path()));
+    let file = setup(&store).await;
+    put(&store, "main", 1, file, 0, 100, 1).await;
+    put(&store, "main", 1, file, 1, 100, 1).await;
+    store
+        .record_marker(
+            "main",
+            RecordMarkerRequest {
+                term: 1,
+                checkpoint_lsn: 90,
+                checkpoint_end_lsn: 95,
+                log_end_lsn_at_write: 100,
+                page_store_seq: None,
+            },
+        )
+        .await
+        .unwrap();
+    put(&store, "main", 1, file, 0, 300, 3).await;
+
+    let child = store
+        .create_timeline(CreateTimelineRequest {
+            id: "child".into(),
+            parent: Some("main".into()),
+            branch_lsn: Some(150),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(child.parent.as_deref(), Some("main"));
+    assert_eq!(
+        fill_of(&store, "child", at(file, 0), ReadAt::Latest),
+        1,
+        "branch point is the marker"
+    );
+    store
+        .acquire_term("child", AcquireTermRequest::default())
+        .await
+        .unwrap();
+    put(&store, "child", 1, file, 1, 400, 4).await;
+    assert_eq!(fill_of(&store, "child", at(file, 1), ReadAt::Latest), 4);
+    assert_eq!(
+        fill_of(&store, "main", at(file, 1), ReadAt::Latest),
+        1,
+        "the parent is untouched"
+    );
+    assert_eq!(store.files("child", ReadAt::Latest).unwrap().len(), 1);
+    let err = store
+        .create_timeline(CreateTimelineRequest {
+            id: "early".into(),
+            parent: Some("main".into()),
+            branch_lsn: Some(10),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NoMarker { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn terms_cannot_be_exhausted_or_overflowed_by_a_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(config(dir.path()));
+    let file = setup(&store).await;
+    let acquire = |term| store.acquire_term("main", AcquireTermRequest { term });
+    let refused = acquire(Some(u64::MAX)).await;
+    assert!(matches!(refused, Err(StoreError::BadRequest(_))), "{refused:?}");
+    assert_eq!(
+        acquire(Some(super::writer::MAX_TERM)).await.unwrap().term,
+        super::writer::MAX_TERM
+    );
+    // No successor is left: refused cleanly, and the store keeps serving the current writer.
+    let exhausted = acquire(None).await;
+    assert!(
+        matches!(exhausted, Err(StoreError::BadRequest(_))),
+        "{exhausted:?}"
+    );
+    put(&store, "main", super::writer::MAX_TERM, file, 0, 100, 7).await;
+    assert_eq!(fill_of(&store, "main", at(file, 0), ReadAt::Latest), 7);
+}
+
+#[tokio::test]
+async fn stale_terms_and_bad_crcs_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(config(dir.path()));
+    let file = setup(&store).await;
+    put(&store, "main", 1, file, 0, 100, 1).await;
+    assert_eq!(
+        store
+            .acquire_term("main", AcquireTermRequest::default())
+            .await
+            .unwrap()
+            .term,
+        2
+    );
+    let stale = store
+        .put_pages("main", 1, vec![PageUpload::new(file, 0, 200, image(9))])
+        .await;
+    assert!(
+        matches!(stale, Err(StoreError::StaleTerm { given: 1, current: 2 })),
+        "{stale:?}"
+    );
+    let mut bad = PageUpload::new(file, 0, 200, image(9));
+    bad.crc32c ^= 1;
+    let good = PageUpload::new(file, 1, 200, image(9));
+    let refused = store.put_pages("main", 2, vec![good, bad]).await;
+    assert!(matches!(refused, Err(StoreError::CrcMismatch(_))), "{refused:?}");
+    assert_eq!(fill_of(&store, "main", at(file, 0), ReadAt::Latest), 1);
+    assert!(
+        !store
+            .read_page("main", at(file, 1), ReadAt::Latest)
+            .unwrap()
+            .found
+    );
+    let short = store
+        .put_pages(
+            "main",
+            2,
+            vec![PageUpload::new(file, 0, 0, Bytes::from_static(b"short"))],
+        )
+        .await;
+    assert!(matches!(short, Err(StoreError::BadRequest(_))), "{short:?}");
+}
+
+#[tokio::test]
+async fn truncation_hides_older_blocks_and_unlink_hides_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(config(dir.path()));
+    let file = setup(&store).await;
+    put(&store, "main", 1, file, 3, 100, 1).await;
+    let resize = |size| UpdateFileRequest {
+        term: 1,
+        size: Some(size),
+        ..Default::default()
+    };
+    store
+        .update_file("main", file, resize(BLOCK_SIZE as u64 * 8))
+        .await
+        .unwrap();
+    let before = store.timeline("main").unwrap().last_seq;
+    store
+        .update_file("main", file, resize(BLOCK_SIZE as u64 * 2))
+        .await
+        .unwrap();
+    store
+        .update_file("main", file, resize(BLOCK_SIZE as u64 * 8))
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .read_page("main", at(file, 3), ReadAt::Latest)
+            .unwrap()
+            .found
+    );
+    assert_eq!(fill_of(&store, "main", at(file, 3), ReadAt::Seq(before)), 1);
+    let renamed = store
+        .update_file(
+            "main",
+            file,
+            UpdateFileRequest {
+                term: 1,
+                path: Some("db/u.ibd".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(renamed.path, "db/u.ibd");
+    let seq = store.unlink_file("main", file, 1).await.unwrap();
+    assert!(store.files("main", ReadAt::Latest).unwrap().is_empty());
+    assert_eq!(store.files("main", ReadAt::Seq(seq - 1)).unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn reopening_replays_the_log_and_the_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = {
+        let store = open(config(dir.path()));
+        let file = setup(&store).await;
+        put(&store, "main", 1, file, 0, 100, 1).await;
+        file
+    }; // dropped without shutdown: a crash
+    let store = open(config(dir.path()));
+    assert_eq!(fill_of(&store, "main", at(file, 0), ReadAt::Latest), 1);
+    assert_eq!(store.timeline("main").unwrap().term, 1);
+    put(&store, "main", 1, file, 1, 100, 2).await;
+    store.shutdown().await;
+    drop(store);
+    assert!(super::snapshot::path(dir.path()).exists());
+
+    let store = open(config(dir.path()));
+    put(&store, "main", 1, file, 2, 100, 3).await;
+    drop(store);
+    let store = open(config(dir.path()));
+    for (block, fill) in [(0, 1), (1, 2), (2, 3)] {
+        assert_eq!(fill_of(&store, "main", at(file, block), ReadAt::Latest), fill);
+    }
+    let files = store.files("main", ReadAt::Latest).unwrap();
+    assert_eq!(files[0].space_id, Some(7));
+    // A second store on the same directory is refused.
+    let second = Store::open(config(dir.path()), &mut Registry::default());
+    assert!(matches!(second, Err(StoreError::Unavailable(_))));
+}
+
+fn newest_segment(dir: &std::path::Path) -> std::path::PathBuf {
+    let seg_dir = dir.join("segments");
+    let id = *segment::list(&seg_dir).unwrap().last().unwrap();
+    segment::path(&seg_dir, id)
+}
+
+#[tokio::test]
+async fn a_torn_tail_is_truncated_and_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = {
+        let store = open(config(dir.path()));
+        let file = setup(&store).await;
+        put(&store, "main", 1, file, 0, 100, 1).await;
+        file
+    };
+    let seg = newest_segment(dir.path());
+    let good_len = std::fs::metadata(&seg).unwrap().len();
+    // Half a record: what a crash in the middle of a group commit leaves.
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let partial: Vec<u8> = bytes[bytes.len() - BLOCK_SIZE - 72..bytes.len() - 5000].to_vec();
+    bytes.extend_from_slice(&partial);
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let mut registry = Registry::default();
+    let store = Store::open(config(dir.path()), &mut registry).unwrap();
+    assert_eq!(store.metrics().torn_tails.get(), 1);
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), good_len);
+    assert_eq!(fill_of(&store, "main", at(file, 0), ReadAt::Latest), 1);
+}
+
+#[tokio::test]
+async fn a_damaged_page_is_never_served_and_the_rest_stays_available() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = {
+        let store = open(config(dir.path()));
+        let file = setup(&store).await;
+        put(&store, "main", 1, file, 0, 100, 1).await;
+        put(&store, "main", 1, file, 1, 100, 2).await;
+        file
+    };
+    let seg = newest_segment(dir.path());
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let mut first_page = None;
+    record::scan(
+        &bytes,
+        0,
+        |offset, _, r| {
+            if matches!(r, Scanned::Page { .. }) && first_page.is_none() {
+                first_page = Some(offset);
+            }
+        },
+        |_| {},
+    );
+    bytes[first_page.unwrap() as usize + HEADER_LEN + PAGE_META_LEN + 10] ^= 0xff;
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let store = open(config(dir.path()));
+    assert_eq!(store.metrics().corrupt_records.get(), 1);
+    let err = store.read_page("main", at(file, 0), ReadAt::Latest).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+    assert_eq!(fill_of(&store, "main", at(file, 1), ReadAt::Latest), 2);
+}
+
+#[tokio::test]
+async fn gc_and_compaction_bound_disk_usage_and_keep_branch_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        segment_size: 256 << 10,
+        retention: Duration::ZERO,
+        ..config(dir.path())
+    };
+    let store = open(cfg.clone());
+    let file = setup(&store).await;
+    put(&store, "main", 1, file, 100, 1, 42).await;
+    store
+        .create_timeline(CreateTimelineRequest {
+            id: "child".into(),
+            parent: Some("main".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let working_set = 16u64;
+    for round in 0..60u64 {
+        let pages = (0..working_set)
+            .map(|b| PageUpload::new(file, b, round, image(round as u8)))
+            .collect();
+        store.put_pages("main", 1, pages).await.unwrap();
+        put(&store, "main", 1, file, 100, round + 2, 43).await;
+        if round % 10 == 9 {
+            store.maintain().await.unwrap();
+        }
+    }
+    let written = 60 * (working_set + 1) * BLOCK_SIZE as u64;
+    let on_disk = store.metrics().disk_bytes.get() as u64;
+    assert!(
+        on_disk < 4 * (working_set + 1) * BLOCK_SIZE as u64 + 2 * cfg.segment_size,
+        "{on_disk} bytes on disk after writing {written}"
+    );
+    assert!(store.metrics().compactions.get() > 0);
+    assert_eq!(
+        fill_of(&store, "child", at(file, 100), ReadAt::Latest),
+        42,
+        "the branch point survives GC"
+    );
+    assert_eq!(fill_of(&store, "main", at(file, 3), ReadAt::Latest), 59);
+    store.shutdown().await;
+    drop(store);
+
+    // From the snapshot, then (snapshot gone) from the log alone: compaction copied the timeline
+    // and file records behind the pages that need them, and replay must not care.
+    for remove_snapshot in [false, true] {
+        if remove_snapshot {
+            std::fs::remove_file(super::snapshot::path(dir.path())).unwrap();
+        }
+        let store = open(cfg.clone());
+        assert_eq!(fill_of(&store, "child", at(file, 100), ReadAt::Latest), 42);
+        assert_eq!(fill_of(&store, "main", at(file, 100), ReadAt::Latest), 43);
+        for b in 0..working_set {
+            assert_eq!(fill_of(&store, "main", at(file, b), ReadAt::Latest), 59);
+        }
+        assert_eq!(store.timeline("main").unwrap().term, 1);
+    }
+}
+
+#[tokio::test]
+async fn concurrent_uploads_all_land_with_distinct_seqs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(config(dir.path()));
+    let file = setup(&store).await;
+    let tasks: Vec<_> = (0..32u64)
+        .map(|b| {
+            let store = store.clone();
+            tokio::spawn(async move { put(&store, "main", 1, file, b, 1, b as u8).await })
+        })
+        .collect();
+    let mut seqs = Vec::new();
+    for t in tasks {
+        seqs.push(t.await.unwrap());
+    }
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs.len(), 32, "every upload got its own seq");
+    for b in 0..32 {
+        assert_eq!(fill_of(&store, "main", at(file, b), ReadAt::Latest), b as u8);
+    }
+}
+
+fn metric_value(registry: &Registry, name: &str) -> f64 {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_queued_during_a_commit_share_one_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut registry = Registry::default();
+    let store = Store::open(config(dir.path()), &mut registry).unwrap();
+    let file = setup(&store).await;
+    let fsyncs = |r: &Registry| metric_value(r, "fsync_duration_seconds_count");
+    let before = fsyncs(&registry);
+    // Hold the writer up (it needs the state lock to validate) while 16 uploads queue behind it.
+    let guard = store.inner.state.write().unwrap();
+    let tasks: Vec<_> = (0..16u64)
+        .map(|b| {
+            let store = store.clone();
+            tokio::spawn(async move { put(&store, "main", 1, file, b, 1, b as u8).await })
+        })
+        .collect();
+    // A blocking sleep: the uploads run on the runtime's workers, this test body is not one.
+    std::thread::sleep(Duration::from_millis(200));
+    drop(guard);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(fsyncs(&registry) - before, 1.0, "16 uploads, one fdatasync");
+    for b in 0..16 {
+        assert_eq!(fill_of(&store, "main", at(file, b), ReadAt::Latest), b as u8);
+    }
+}
+
+#[tokio::test]
+async fn gc_drops_the_pages_of_unlinked_files_except_what_a_branch_sees() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(StoreConfig {
+        retention: Duration::ZERO,
+        ..config(dir.path())
+    });
+    let file = setup(&store).await;
+    for b in 0..4 {
+        put(&store, "main", 1, file, b, 1, 5).await;
+    }
+    store
+        .create_timeline(CreateTimelineRequest {
+            id: "before-drop".into(),
+            parent: Some("main".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let temp = store
+        .create_file(
+            "main",
+            CreateFileRequest {
+                term: 1,
+                path: "db/#sql-1.ibd".into(),
+                kind: FileKind::Page,
+                size: 0,
+                space_id: Some(8),
+            },
+        )
+        .await
+        .unwrap()
+        .id;
+    for b in 0..4 {
+        put(&store, "main", 1, temp, b, 1, 6).await;
+    }
+    store.unlink_file("main", file, 1).await.unwrap();
+    store.unlink_file("main", temp, 1).await.unwrap();
+    let report = store.maintain().await.unwrap();
+    // `temp` never existed for the branch: all its pages go; `file`'s stay for the branch.
+    assert_eq!(report.versions_dropped, 4);
+    assert_eq!(fill_of(&store, "before-drop", at(file, 2), ReadAt::Latest), 5);
+    assert_eq!(store.metrics().versions.get(), 4);
+}
