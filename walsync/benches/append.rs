@@ -1,0 +1,365 @@
+//! Commit-shaped appends against the real binary: one mtr of 200 B to 4 KiB, wait for the
+//! durable acknowledgement, next. Compared with a bare write + fdatasync loop on a file in the same
+//! directory, in the same run. Prints a table and writes JSON to
+//! `<target>/bench-results/walsync-append.json`.
+//!
+//! `cargo bench -p walsync` (set `WALSYNC_BENCH_SECS` to change the time per scenario, default 4).
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ibd_api::walsync::WalsyncClient;
+use ibd_api::RetryPolicy;
+use serde::Serialize;
+use tokio::sync::Mutex;
+
+// The test harness's process guard: starts the binary on a free port, kills it on drop.
+#[allow(dead_code)]
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+const START_LSN: u64 = 12288;
+
+#[derive(Debug, Serialize)]
+struct Scenario {
+    name: String,
+    writers: usize,
+    ops: usize,
+    p50_us: f64,
+    p99_us: f64,
+    ops_per_sec: f64,
+    mib_per_sec: f64,
+    /// p50 over the bare fdatasync loop's p50.
+    p50_ratio_vs_fdatasync: f64,
+    /// Median over rounds of this scenario's p50 over the bare loop's p50 in the same round
+    /// (single-writer scenarios, which take turns): insensitive to the disk's speed drifting.
+    p50_ratio_paired: Option<f64>,
+}
+
+struct Samples {
+    latencies: Vec<Duration>,
+    bytes: u64,
+    elapsed: Duration,
+}
+
+impl Samples {
+    fn merge(parts: Vec<Samples>, elapsed: Duration) -> Self {
+        let mut all = Samples {
+            latencies: Vec::new(),
+            bytes: 0,
+            elapsed,
+        };
+        for p in parts {
+            all.latencies.extend(p.latencies);
+            all.bytes += p.bytes;
+        }
+        all
+    }
+
+    /// Samples of the same scenario taken in turns.
+    fn concat(parts: Vec<Samples>) -> Self {
+        let elapsed = parts.iter().map(|p| p.elapsed).sum();
+        Self::merge(parts, elapsed)
+    }
+
+    fn scenario(mut self, name: &str, writers: usize, baseline_p50_us: Option<f64>) -> Scenario {
+        assert!(!self.latencies.is_empty(), "{name}: no samples");
+        self.latencies.sort_unstable();
+        let pct = |p: f64| {
+            let i = ((self.latencies.len() as f64 * p) as usize).min(self.latencies.len() - 1);
+            self.latencies[i].as_secs_f64() * 1e6
+        };
+        let secs = self.elapsed.as_secs_f64();
+        let p50 = pct(0.50);
+        Scenario {
+            name: name.to_string(),
+            writers,
+            ops: self.latencies.len(),
+            p50_us: p50,
+            p99_us: pct(0.99),
+            ops_per_sec: self.latencies.len() as f64 / secs,
+            mib_per_sec: self.bytes as f64 / secs / (1 << 20) as f64,
+            p50_ratio_vs_fdatasync: baseline_p50_us.map_or(1.0, |b| p50 / b),
+            p50_ratio_paired: None,
+        }
+    }
+}
+
+fn p50(latencies: &[Duration]) -> Duration {
+    let mut sorted = latencies.to_vec();
+    sorted.sort_unstable();
+    sorted[sorted.len() / 2]
+}
+
+fn paired_p50_ratio(rounds: &[Samples], bare_rounds: &[Samples]) -> Option<f64> {
+    let mut ratios: Vec<f64> = rounds
+        .iter()
+        .zip(bare_rounds)
+        // A round can be empty when one setup step outlasted the whole slice (a disk stall).
+        .filter(|(r, b)| !r.latencies.is_empty() && !b.latencies.is_empty())
+        .map(|(r, b)| p50(&r.latencies).as_secs_f64() / p50(&b.latencies).as_secs_f64())
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    ratios.get(ratios.len() / 2).copied()
+}
+
+/// Commit sizes: a fixed pseudo-random sequence in 200..=4096 bytes.
+struct Sizes(u64);
+
+impl Sizes {
+    fn next(&mut self) -> usize {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        200 + ((self.0 >> 33) % 3897) as usize
+    }
+}
+
+fn bare_fdatasync_loop(dir: &Path, seed: u64, duration: Duration) -> Samples {
+    let path = dir.join(format!("bare-{seed}.bin"));
+    let mut file = OpenOptions::new().create(true).append(true).open(&path).unwrap();
+    let mut sizes = Sizes(seed);
+    let buf = vec![0x5au8; 4096 + 16];
+    let mut samples = Samples {
+        latencies: Vec::new(),
+        bytes: 0,
+        elapsed: duration,
+    };
+    let started = Instant::now();
+    while started.elapsed() < duration {
+        // Same bytes as walsync writes: the record header plus the chunk.
+        let len = sizes.next();
+        let t = Instant::now();
+        file.write_all(&buf[..len + 16]).unwrap();
+        file.sync_data().unwrap();
+        samples.latencies.push(t.elapsed());
+        samples.bytes += len as u64;
+    }
+    std::fs::remove_file(path).unwrap();
+    samples
+}
+
+fn bare_concurrent(dir: &Path, writers: usize, duration: Duration) -> Samples {
+    let started = Instant::now();
+    let parts = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..writers)
+            .map(|w| s.spawn(move || bare_fdatasync_loop(dir, w as u64 + 1, duration)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    Samples::merge(parts, started.elapsed())
+}
+
+/// One writer per timeline, a plain append request per commit.
+async fn plain_appends(client: &WalsyncClient, name: &str, writers: usize, duration: Duration) -> Samples {
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let client = client.clone();
+            let tl = format!("{name}-{w}");
+            tokio::spawn(async move {
+                let term = client.acquire_term(&tl, None).await.unwrap().term;
+                let mut sizes = Sizes(w as u64 + 7);
+                let mut lsn = START_LSN;
+                let mut samples = Samples {
+                    latencies: Vec::new(),
+                    bytes: 0,
+                    elapsed: duration,
+                };
+                let data = vec![0xa5u8; 4096];
+                while started.elapsed() < duration {
+                    let len = sizes.next();
+                    let t = Instant::now();
+                    let chunk = bytes::Bytes::copy_from_slice(&data[..len]);
+                    client.append(&tl, term, lsn, chunk).await.unwrap();
+                    samples.latencies.push(t.elapsed());
+                    samples.bytes += len as u64;
+                    lsn += len as u64;
+                }
+                samples
+            })
+        })
+        .collect();
+    let mut parts = Vec::new();
+    for t in tasks {
+        parts.push(t.await.unwrap());
+    }
+    Samples::merge(parts, started.elapsed())
+}
+
+/// `writers` tasks committing on one timeline through one shared append stream, the way
+/// concurrent fdatasyncs of `ib_logfile0` would: each takes the next LSN range in order, sends,
+/// and waits for its own acknowledgement, so commits in flight share an fdatasync.
+async fn shared_stream(client: &WalsyncClient, tl: &str, writers: usize, duration: Duration) -> Samples {
+    let term = client.acquire_term(tl, None).await.unwrap().term;
+    let stream = Arc::new(client.open_stream(tl, term).await.unwrap());
+    let next_lsn = Arc::new(Mutex::new(START_LSN));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let stream = stream.clone();
+            let next_lsn = next_lsn.clone();
+            tokio::spawn(async move {
+                let mut sizes = Sizes(w as u64 + 100);
+                let data = vec![0x3cu8; 4096];
+                let mut samples = Samples {
+                    latencies: Vec::new(),
+                    bytes: 0,
+                    elapsed: duration,
+                };
+                while started.elapsed() < duration {
+                    let len = sizes.next();
+                    let t = Instant::now();
+                    let end = {
+                        let mut lsn = next_lsn.lock().await;
+                        stream.send(*lsn, &data[..len]).await.unwrap();
+                        *lsn += len as u64;
+                        *lsn
+                    };
+                    stream.wait_durable(end).await.unwrap();
+                    samples.latencies.push(t.elapsed());
+                    samples.bytes += len as u64;
+                }
+                samples
+            })
+        })
+        .collect();
+    let mut parts = Vec::new();
+    for t in tasks {
+        parts.push(t.await.unwrap());
+    }
+    Samples::merge(parts, started.elapsed())
+}
+
+/// The storage core alone (timeline writer thread, group commit, fdatasync), no HTTP: splits the
+/// overhead over a bare fdatasync between storage and transport.
+async fn in_process(dir: &Path, name: &str, duration: Duration) -> Samples {
+    use walsync::storage::checkpoints::CheckpointLog;
+    use walsync::storage::meta::TimelineMeta;
+    use walsync::timeline::{Timeline, TimelineConfig};
+
+    let tl_dir = dir.join(name);
+    std::fs::create_dir_all(&tl_dir).unwrap();
+    TimelineMeta::new(name, None).store(&tl_dir).unwrap();
+    CheckpointLog::create(&tl_dir, &[]).unwrap();
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = walsync::metrics::Metrics::register(&mut registry);
+    let config = TimelineConfig {
+        segment_size: 16 << 20,
+    };
+    let tl = Timeline::open(&tl_dir, None, &config, &metrics).unwrap();
+    let term = tl.acquire_term(None).await.unwrap().term;
+    let mut sizes = Sizes(3);
+    let data = vec![0x77u8; 4096];
+    let mut lsn = START_LSN;
+    let mut samples = Samples {
+        latencies: Vec::new(),
+        bytes: 0,
+        elapsed: duration,
+    };
+    let started = Instant::now();
+    while started.elapsed() < duration {
+        let len = sizes.next();
+        let t = Instant::now();
+        let chunk = bytes::Bytes::copy_from_slice(&data[..len]);
+        tl.append(term, lsn, chunk).await.unwrap();
+        samples.latencies.push(t.elapsed());
+        samples.bytes += len as u64;
+        lsn += len as u64;
+    }
+    samples
+}
+
+/// The workspace's target directory: results go there, and so does the data (a real disk, where
+/// `/tmp` may be a tmpfs on which fdatasync costs nothing).
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` runs this with no such flag: skip.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let secs: f64 = std::env::var("WALSYNC_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4.0);
+    let duration = Duration::from_secs_f64(secs);
+    let base = target_dir();
+    std::fs::create_dir_all(&base).unwrap();
+    let tmp = tempfile::tempdir_in(&base).unwrap();
+    let data_dir = tmp.path().join("data");
+    let server = common::Walsync::start(&data_dir, &[]);
+    let client = server.client().with_retry(RetryPolicy::none());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+
+    // The single-writer scenarios take turns in short rounds, so that drift in what else the
+    // machine and its disk are doing hits them alike.
+    const ROUNDS: u32 = 20;
+    let slice = duration / ROUNDS;
+    let (mut bare, mut core, mut plain, mut stream) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        bare.push(bare_concurrent(&data_dir, 1, slice));
+        core.push(runtime.block_on(in_process(tmp.path(), &format!("core-{round}"), slice)));
+        plain.push(runtime.block_on(plain_appends(&client, &format!("plain1-{round}"), 1, slice)));
+        stream.push(runtime.block_on(shared_stream(&client, &format!("stream1-{round}"), 1, slice)));
+    }
+    let paired = [core.as_slice(), &plain, &stream].map(|rounds| paired_p50_ratio(rounds, &bare));
+    let bare = Samples::concat(bare).scenario("bare write+fdatasync", 1, None);
+    let baseline = Some(bare.p50_us);
+    let mut results = vec![
+        bare,
+        Samples::concat(core).scenario("walsync core in-process (no HTTP)", 1, baseline),
+        Samples::concat(plain).scenario("walsync plain append", 1, baseline),
+        Samples::concat(stream).scenario("walsync stream", 1, baseline),
+    ];
+    for (result, paired) in results[1..].iter_mut().zip(paired) {
+        result.p50_ratio_paired = paired;
+    }
+    let bare8 = bare_concurrent(&data_dir, 8, duration);
+    results.push(bare8.scenario("bare write+fdatasync (file per writer)", 8, baseline));
+    let plain8 = runtime.block_on(plain_appends(&client, "plain8", 8, duration));
+    results.push(plain8.scenario("walsync plain append (timeline per writer)", 8, baseline));
+    let stream8 = runtime.block_on(shared_stream(&client, "stream8", 8, duration));
+    results.push(stream8.scenario("walsync stream (one timeline, shared)", 8, baseline));
+
+    println!(
+        "{:<45} {:>7} {:>8} {:>9} {:>9} {:>9} {:>8} {:>7} {:>8}",
+        "scenario", "writers", "ops", "p50 us", "p99 us", "ops/s", "MiB/s", "p50 x", "paired x"
+    );
+    for r in &results {
+        let paired = r.p50_ratio_paired.map_or("-".to_string(), |p| format!("{p:.2}"));
+        println!(
+            "{:<45} {:>7} {:>8} {:>9.0} {:>9.0} {:>9.0} {:>8.2} {:>7.2} {:>8}",
+            r.name,
+            r.writers,
+            r.ops,
+            r.p50_us,
+            r.p99_us,
+            r.ops_per_sec,
+            r.mib_per_sec,
+            r.p50_ratio_vs_fdatasync,
+            paired
+        );
+    }
+    let path = target_dir().join("bench-results").join("walsync-append.json");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let json = serde_json::json!({
+        "benchmark": "walsync-append",
+        "seconds_per_scenario": secs,
+        "data_dir": base.display().to_string(),
+        "scenarios": results,
+    });
+    std::fs::write(&path, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
+    println!("wrote {}", path.display());
+}

@@ -1,0 +1,98 @@
+//! walsync's own metrics (the HTTP request metrics come from `ibd_api::server::RequestMetrics`).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TimelineLabel {
+    pub timeline: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    /// From an append's arrival at the writer to its acknowledgement (durable).
+    pub append_latency: Histogram,
+    pub fsync_latency: Histogram,
+    /// Appends made durable by one fdatasync (group commit).
+    pub fsync_batch_appends: Histogram,
+    pub appended_bytes: Counter,
+    pub appends: Counter,
+    pub rejected_appends: Family<ReasonLabel, Counter>,
+    pub torn_tails_truncated: Counter,
+    pub removed_bytes: Counter,
+    pub durable_lsn: Family<TimelineLabel, Gauge>,
+    /// Durable LSN minus the latest checkpoint LSN: how much redo a recovery would replay.
+    pub checkpoint_lag_bytes: Family<TimelineLabel, Gauge>,
+    pub stored_bytes: Family<TimelineLabel, Gauge>,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let latency = || Histogram::new(exponential_buckets(10e-6, 2.0, 21));
+        let metrics = Self {
+            append_latency: latency(),
+            fsync_latency: latency(),
+            fsync_batch_appends: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            appended_bytes: Counter::default(),
+            appends: Counter::default(),
+            rejected_appends: Family::default(),
+            torn_tails_truncated: Counter::default(),
+            removed_bytes: Counter::default(),
+            durable_lsn: Family::default(),
+            checkpoint_lag_bytes: Family::default(),
+            stored_bytes: Family::default(),
+        };
+        let m = metrics.clone();
+        registry.register(
+            "append_latency_seconds",
+            "Time from an append reaching the writer to its durable acknowledgement",
+            m.append_latency,
+        );
+        registry.register(
+            "fsync_latency_seconds",
+            "Duration of one WAL fdatasync",
+            m.fsync_latency,
+        );
+        registry.register(
+            "fsync_batch_appends",
+            "Appends made durable by one fdatasync (group commit)",
+            m.fsync_batch_appends,
+        );
+        registry.register("appended_bytes", "WAL bytes appended", m.appended_bytes);
+        registry.register("appends", "Appends acknowledged", m.appends);
+        registry.register(
+            "rejected_appends",
+            "Appends refused, by reason",
+            m.rejected_appends,
+        );
+        registry.register(
+            "torn_tails_truncated",
+            "Torn segment tails cut off at start",
+            m.torn_tails_truncated,
+        );
+        registry.register("removed_bytes", "WAL bytes removed by retention", m.removed_bytes);
+        registry.register("durable_lsn", "Durable end LSN per timeline", m.durable_lsn);
+        registry.register(
+            "checkpoint_lag_bytes",
+            "Durable LSN minus the latest checkpoint LSN per timeline",
+            m.checkpoint_lag_bytes,
+        );
+        registry.register("stored_bytes", "WAL bytes on disk per timeline", m.stored_bytes);
+        metrics
+    }
+
+    pub fn timeline(&self, timeline: &str) -> TimelineLabel {
+        TimelineLabel {
+            timeline: timeline.to_string(),
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! In-memory index of a timeline's segments: which file holds an LSN, and a sparse list of record
+//! positions inside each file so a read seeks close to its start instead of scanning the segment.
+
+use std::path::PathBuf;
+
+/// A mark is placed on the first record at or after every this many bytes of a segment.
+const MARK_INTERVAL: u64 = 64 << 10;
+
+/// A record boundary: the record starting at `lsn` starts at byte `offset` of its segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark {
+    pub lsn: u64,
+    pub offset: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct SegmentEntry {
+    pub path: PathBuf,
+    pub start_lsn: u64,
+    pub end_lsn: u64,
+    /// Bytes of valid records (the append position).
+    pub file_len: u64,
+    marks: Vec<Mark>,
+}
+
+impl SegmentEntry {
+    pub fn new(path: PathBuf, start_lsn: u64) -> Self {
+        Self {
+            path,
+            start_lsn,
+            end_lsn: start_lsn,
+            file_len: 0,
+            marks: Vec::new(),
+        }
+    }
+
+    /// Accounts for a record of `len` payload bytes written at the current end.
+    pub fn note_record(&mut self, start_lsn: u64, len: u64) {
+        debug_assert_eq!(start_lsn, self.end_lsn);
+        let due = self
+            .marks
+            .last()
+            .is_none_or(|m| self.file_len - m.offset >= MARK_INTERVAL);
+        if due {
+            self.marks.push(Mark {
+                lsn: start_lsn,
+                offset: self.file_len,
+            });
+        }
+        self.file_len += super::segment::RECORD_HEADER_LEN + len;
+        self.end_lsn += len;
+    }
+
+    /// The last mark at or before `lsn` (which must lie inside this segment).
+    fn mark_for(&self, lsn: u64) -> Mark {
+        let i = self.marks.partition_point(|m| m.lsn <= lsn);
+        self.marks[i.saturating_sub(1)]
+    }
+}
+
+/// One piece of a read: bytes `[from, to)` from the segment at `path`, starting the scan at `mark`.
+#[derive(Debug, Clone)]
+pub struct ReadPiece {
+    pub path: PathBuf,
+    pub mark: Mark,
+    pub from: u64,
+    pub to: u64,
+}
+
+/// The segments of a timeline in LSN order, each continuing the previous one.
+#[derive(Debug, Default, Clone)]
+pub struct WalIndex {
+    segments: Vec<SegmentEntry>,
+}
+
+impl WalIndex {
+    pub fn push(&mut self, segment: SegmentEntry) {
+        debug_assert!(self.end_lsn().is_none_or(|end| end == segment.start_lsn));
+        self.segments.push(segment);
+    }
+
+    pub fn start_lsn(&self) -> Option<u64> {
+        self.segments.first().map(|s| s.start_lsn)
+    }
+
+    pub fn end_lsn(&self) -> Option<u64> {
+        self.segments.last().map(|s| s.end_lsn)
+    }
+
+    pub fn last(&self) -> Option<&SegmentEntry> {
+        self.segments.last()
+    }
+
+    pub fn last_mut(&mut self) -> Option<&mut SegmentEntry> {
+        self.segments.last_mut()
+    }
+
+    pub fn stored_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.file_len).sum()
+    }
+
+    /// Splits `[from, to)` into per-segment pieces; the caller has checked the range is stored.
+    pub fn plan_read(&self, from: u64, to: u64) -> Vec<ReadPiece> {
+        self.segments
+            .iter()
+            .filter(|s| s.start_lsn < to && s.end_lsn > from)
+            .map(|s| {
+                let from = from.max(s.start_lsn);
+                ReadPiece {
+                    path: s.path.clone(),
+                    mark: s.mark_for(from),
+                    from,
+                    to: to.min(s.end_lsn),
+                }
+            })
+            .collect()
+    }
+
+    /// Removes the segments that end at or before `lsn`, never the last one (it is appended to).
+    pub fn remove_before(&mut self, lsn: u64) -> Vec<SegmentEntry> {
+        let keep_last = self.segments.len().saturating_sub(1);
+        let n = self.segments[..keep_last]
+            .iter()
+            .take_while(|s| s.end_lsn <= lsn)
+            .count();
+        self.segments.drain(..n).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segment(start: u64, records: &[u64]) -> SegmentEntry {
+        let mut s = SegmentEntry::new(PathBuf::from(format!("{start}")), start);
+        let mut lsn = start;
+        for len in records {
+            s.note_record(lsn, *len);
+            lsn += len;
+        }
+        s
+    }
+
+    #[test]
+    fn marks_are_sparse_and_reads_start_at_the_nearest_one() {
+        let s = segment(1000, &[40_000, 40_000, 10, 70_000, 5]);
+        // Marks at the first record and at the first record past each 64 KiB.
+        assert_eq!(
+            s.marks,
+            vec![
+                Mark { lsn: 1000, offset: 0 },
+                Mark {
+                    lsn: 81_000,
+                    offset: 80_032
+                },
+                Mark {
+                    lsn: 151_010,
+                    offset: 150_074
+                },
+            ]
+        );
+        assert_eq!(s.mark_for(80_999).lsn, 1000);
+        assert_eq!(s.mark_for(100_000).lsn, 81_000);
+        assert_eq!(s.mark_for(151_014).lsn, 151_010);
+    }
+
+    #[test]
+    fn reads_span_segments_and_retention_keeps_the_last() {
+        let mut index = WalIndex::default();
+        index.push(segment(0, &[10, 10]));
+        index.push(segment(20, &[10]));
+        index.push(segment(30, &[5]));
+        let pieces = index.plan_read(15, 33);
+        let ranges: Vec<_> = pieces.iter().map(|p| (p.from, p.to)).collect();
+        assert_eq!(ranges, vec![(15, 20), (20, 30), (30, 33)]);
+
+        assert_eq!(index.remove_before(25).len(), 1);
+        assert_eq!(index.start_lsn(), Some(20));
+        assert_eq!(index.remove_before(u64::MAX).len(), 1);
+        assert_eq!((index.start_lsn(), index.end_lsn()), (Some(30), Some(35)));
+    }
+}

@@ -1,0 +1,397 @@
+//! The writer thread of a timeline: applies every change in order and group-commits appends.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use ibd_api::walsync::{Checkpoint, CheckpointRecord, Geometry, GeometryRecord, TermResponse};
+use tokio::sync::mpsc;
+
+use super::{check_term, Append, Command, MetadataChange, Reply, State};
+use crate::error::WalError;
+use crate::metrics::{Metrics, ReasonLabel, TimelineLabel};
+use crate::storage::checkpoints::CheckpointLog;
+use crate::storage::wal::{WalReader, WalStore};
+
+/// Largest writer term a timeline grants (see `acquire_term`).
+pub const MAX_TERM: u64 = i64::MAX as u64;
+
+/// Bytes before the redo log's record area (header and two checkpoint blocks): a smaller log file
+/// cannot be a MariaDB 10.8+ redo log.
+const LOG_START_OFFSET: u64 = 12288;
+const MAX_CREATOR_LEN: usize = 32;
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+struct Pending {
+    reply: Reply<u64>,
+    arrived: Instant,
+}
+
+/// The writer thread's side of a timeline.
+pub(super) struct Writer {
+    /// Holds `timeline.json`.
+    dir: PathBuf,
+    checkpoint_log: CheckpointLog,
+    wal: WalStore,
+    reader: WalReader,
+    /// A branch's WAL continues its parent's at this LSN.
+    base_lsn: Option<u64>,
+    state: Arc<RwLock<State>>,
+    metrics: Metrics,
+    label: TimelineLabel,
+    /// Appends written but not yet acknowledged: they wait for the batch's fdatasync.
+    pending: Vec<Pending>,
+}
+
+impl Writer {
+    pub(super) fn new(
+        dir: &Path,
+        checkpoint_log: CheckpointLog,
+        wal: WalStore,
+        base_lsn: Option<u64>,
+        state: Arc<RwLock<State>>,
+        metrics: &Metrics,
+        label: TimelineLabel,
+    ) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            checkpoint_log,
+            reader: wal.reader(),
+            wal,
+            base_lsn,
+            state,
+            metrics: metrics.clone(),
+            label,
+            pending: Vec::new(),
+        }
+    }
+
+    pub(super) fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+        while let Some(command) = rx.blocking_recv() {
+            self.handle(command);
+            // Everything that queued up meanwhile joins this batch: one fdatasync for all.
+            while let Ok(command) = rx.try_recv() {
+                self.handle(command);
+            }
+            self.flush();
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Append(append) => self.append(append),
+            Command::Metadata(change) => {
+                // Metadata changes see (and record) a durable LSN that includes every earlier append.
+                self.flush();
+                self.change_metadata(change);
+            }
+        }
+    }
+
+    fn append(&mut self, append: Append) {
+        let Append {
+            term,
+            start_lsn,
+            data,
+            arrived,
+            reply,
+        } = append;
+        match self.check_term(term).and_then(|()| self.write(start_lsn, &data)) {
+            Ok(()) => self.pending.push(Pending { reply, arrived }),
+            Err(e) => {
+                self.metrics
+                    .rejected_appends
+                    .get_or_create(&ReasonLabel { reason: e.code() })
+                    .inc();
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    fn change_metadata(&mut self, change: MetadataChange) {
+        match change {
+            MetadataChange::AcquireTerm { proposed, reply } => {
+                let _ = reply.send(self.acquire_term(proposed));
+            }
+            MetadataChange::SetGeometry {
+                term,
+                geometry,
+                reply,
+            } => {
+                let _ = reply.send(self.check_term(term).and_then(|()| self.set_geometry(geometry)));
+            }
+            MetadataChange::AddCheckpoint {
+                term,
+                checkpoint,
+                reply,
+            } => {
+                let _ = reply.send(
+                    self.check_term(term)
+                        .and_then(|()| self.add_checkpoint(checkpoint)),
+                );
+            }
+            MetadataChange::RemoveBefore { lsn, reply } => {
+                let _ = reply.send(self.remove_before(lsn));
+            }
+        }
+    }
+
+    fn check_term(&self, given: u64) -> Result<(), WalError> {
+        check_term(&self.state.read().expect("state lock"), given)
+    }
+
+    /// Writes the part of `data` not yet stored, after checking the rest matches what is.
+    fn write(&mut self, start_lsn: u64, data: &[u8]) -> Result<(), WalError> {
+        let data_end = start_lsn
+            .checked_add(data.len() as u64)
+            .filter(|_| !data.is_empty())
+            .ok_or_else(|| WalError::BadRequest(format!("empty or overflowing append at LSN {start_lsn}")))?;
+        let Some(end) = self.wal.end_lsn().or(self.base_lsn) else {
+            return self.write_new(start_lsn, data);
+        };
+        if start_lsn > end {
+            return Err(WalError::Gap {
+                start_lsn,
+                end_lsn: end,
+            });
+        }
+        if start_lsn == end {
+            return self.write_new(start_lsn, data);
+        }
+        // A resend of (a prefix of) stored bytes: accept only what matches them exactly.
+        let own_start = self.reader.bounds().map_or(end, |(start, _)| start);
+        if start_lsn < own_start {
+            return Err(WalError::Removed {
+                from: start_lsn,
+                start: own_start,
+            });
+        }
+        let overlap_end = data_end.min(end);
+        let stored = self.reader.read(start_lsn, overlap_end)?;
+        let sent = &data[..(overlap_end - start_lsn) as usize];
+        if let Some(i) = stored.iter().zip(sent).position(|(a, b)| a != b) {
+            return Err(WalError::OverlapMismatch {
+                start_lsn,
+                at_lsn: start_lsn + i as u64,
+            });
+        }
+        if data_end <= end {
+            return Ok(());
+        }
+        self.write_new(end, &data[(end - start_lsn) as usize..])
+    }
+
+    fn write_new(&mut self, start_lsn: u64, data: &[u8]) -> Result<(), WalError> {
+        self.wal.append(start_lsn, data).map_err(|e| self.fail(e))?;
+        self.metrics.appended_bytes.inc_by(data.len() as u64);
+        Ok(())
+    }
+
+    /// Makes the batch durable and answers it.
+    fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let synced = self.wal.sync();
+        let result = match synced {
+            Ok(did_sync) => {
+                if did_sync {
+                    self.metrics
+                        .fsync_latency
+                        .observe(started.elapsed().as_secs_f64());
+                }
+                let durable = self.wal.end_lsn().or(self.base_lsn);
+                self.state.write().expect("state lock").durable_lsn = durable;
+                self.publish_gauges();
+                Ok(durable.expect("an acknowledged append means WAL exists"))
+            }
+            Err(e) => Err(self.fail(e).to_string()),
+        };
+        self.metrics
+            .fsync_batch_appends
+            .observe(self.pending.len() as f64);
+        for pending in self.pending.drain(..) {
+            let answer = match &result {
+                Ok(durable) => {
+                    self.metrics.appends.inc();
+                    self.metrics
+                        .append_latency
+                        .observe(pending.arrived.elapsed().as_secs_f64());
+                    Ok(*durable)
+                }
+                Err(message) => Err(WalError::Failed(message.clone())),
+            };
+            let _ = pending.reply.send(answer);
+        }
+    }
+
+    /// Marks the timeline failed after an I/O error and passes the error on.
+    fn fail(&self, e: std::io::Error) -> WalError {
+        tracing::error!(timeline = %self.label.timeline, error = %e, "WAL storage failed; refusing changes until restart");
+        self.state.write().expect("state lock").failed = Some(e.to_string());
+        WalError::Io(e)
+    }
+
+    /// Passes an I/O result on, failing the timeline on error.
+    fn persist<T>(&self, result: std::io::Result<T>) -> Result<T, WalError> {
+        result.map_err(|e| self.fail(e))
+    }
+
+    fn acquire_term(&self, proposed: Option<u64>) -> Result<TermResponse, WalError> {
+        let (mut header, durable_lsn) = {
+            let state = self.state.read().expect("state lock");
+            if let Some(failure) = &state.failed {
+                return Err(WalError::Failed(failure.clone()));
+            }
+            (state.meta.header(), state.durable_lsn)
+        };
+        let current = header.term;
+        // A term must leave room for a successor, or a client could wedge the timeline (or wrap
+        // `current + 1` to 0 and let old writers back in) with u64::MAX.
+        let term = match proposed {
+            Some(given) if given > MAX_TERM => {
+                return Err(WalError::BadRequest(format!(
+                    "term {given} is above the largest allowed term {MAX_TERM}"
+                )));
+            }
+            Some(given) if given <= current => return Err(WalError::StaleTerm { given, current }),
+            Some(given) => given,
+            None if current >= MAX_TERM => {
+                return Err(WalError::BadRequest("this timeline has used up its terms".into()));
+            }
+            None => current + 1,
+        };
+        header.term = term;
+        self.persist(header.store(&self.dir))?;
+        self.state.write().expect("state lock").meta.term = term;
+        tracing::info!(timeline = %self.label.timeline, term, ?durable_lsn, "granted term");
+        Ok(TermResponse { term, durable_lsn })
+    }
+
+    fn set_geometry(&self, geometry: Geometry) -> Result<GeometryRecord, WalError> {
+        if geometry.file_size <= LOG_START_OFFSET || geometry.creator.len() > MAX_CREATOR_LEN {
+            return Err(WalError::BadRequest(format!(
+                "invalid geometry: file_size must exceed {LOG_START_OFFSET} and creator be at most \
+                 {MAX_CREATOR_LEN} bytes"
+            )));
+        }
+        let (mut header, durable_lsn) = {
+            let state = self.state.read().expect("state lock");
+            (state.meta.header(), state.durable_lsn)
+        };
+        if let Some(latest) = header.latest_geometry() {
+            if latest.geometry == geometry {
+                return Ok(latest.clone());
+            }
+            if geometry.at_lsn < latest.geometry.at_lsn {
+                return Err(WalError::BadRequest(format!(
+                    "geometry at LSN {} is older than the latest one (at LSN {})",
+                    geometry.at_lsn, latest.geometry.at_lsn
+                )));
+            }
+        }
+        let record = GeometryRecord {
+            geometry,
+            durable_lsn_at_arrival: durable_lsn,
+            received_at_unix_ms: unix_ms(),
+        };
+        header.geometry.push(record.clone());
+        self.persist(header.store(&self.dir))?;
+        self.state.write().expect("state lock").meta.geometry = header.geometry;
+        Ok(record)
+    }
+
+    fn add_checkpoint(&mut self, checkpoint: Checkpoint) -> Result<CheckpointRecord, WalError> {
+        if checkpoint.end_lsn < checkpoint.checkpoint_lsn {
+            return Err(WalError::BadRequest(format!(
+                "checkpoint end_lsn {} is below checkpoint_lsn {}",
+                checkpoint.end_lsn, checkpoint.checkpoint_lsn
+            )));
+        }
+        let durable_lsn = {
+            let state = self.state.read().expect("state lock");
+            if let Some(latest) = state.meta.latest_checkpoint() {
+                if latest.checkpoint == checkpoint {
+                    return Ok(latest.clone());
+                }
+                if checkpoint.checkpoint_lsn < latest.checkpoint.checkpoint_lsn {
+                    return Err(WalError::BadRequest(format!(
+                        "checkpoint LSN {} is older than the latest checkpoint ({})",
+                        checkpoint.checkpoint_lsn, latest.checkpoint.checkpoint_lsn
+                    )));
+                }
+            }
+            // InnoDB makes the FILE_CHECKPOINT mtr at end_lsn durable before it writes the block:
+            // a checkpoint beyond the durable WAL is a writer's bug, and would misdirect retention.
+            if state
+                .durable_lsn
+                .is_none_or(|durable| checkpoint.end_lsn > durable)
+            {
+                return Err(WalError::BadRequest(format!(
+                    "checkpoint end_lsn {} is beyond the durable WAL (durable LSN {:?}): append the WAL first",
+                    checkpoint.end_lsn, state.durable_lsn
+                )));
+            }
+            state.durable_lsn
+        };
+        let record = CheckpointRecord {
+            checkpoint,
+            durable_lsn_at_arrival: durable_lsn,
+            received_at_unix_ms: unix_ms(),
+        };
+        let appended = self.checkpoint_log.append(&record);
+        self.persist(appended)?;
+        let mut state = self.state.write().expect("state lock");
+        state.meta.checkpoints.push(record.clone());
+        drop(state);
+        self.publish_gauges();
+        Ok(record)
+    }
+
+    fn remove_before(&mut self, lsn: u64) -> Result<u64, WalError> {
+        let removed = self.wal.remove_before(lsn);
+        let freed = self.persist(removed)?;
+        if freed == 0 {
+            return Ok(0);
+        }
+        self.metrics.removed_bytes.inc_by(freed);
+        let start = self.reader.bounds().map_or(lsn, |(start, _)| start);
+        tracing::info!(timeline = %self.label.timeline, freed, wal_start_lsn = start, "retention removed WAL");
+        let mut pruned = self.state.read().expect("state lock").meta.clone();
+        if pruned.prune_below(start) {
+            let rewritten = self.checkpoint_log.rewrite(&pruned.checkpoints);
+            self.persist(rewritten)?;
+            self.persist(pruned.store(&self.dir))?;
+            self.state.write().expect("state lock").meta = pruned;
+        }
+        self.publish_gauges();
+        Ok(freed)
+    }
+
+    pub(super) fn publish_gauges(&self) {
+        let state = self.state.read().expect("state lock");
+        let durable = state.durable_lsn.unwrap_or(0);
+        self.metrics
+            .durable_lsn
+            .get_or_create(&self.label)
+            .set(durable as i64);
+        let lag = state
+            .meta
+            .latest_checkpoint()
+            .map_or(0, |c| durable.saturating_sub(c.checkpoint.checkpoint_lsn));
+        self.metrics
+            .checkpoint_lag_bytes
+            .get_or_create(&self.label)
+            .set(lag as i64);
+        self.metrics
+            .stored_bytes
+            .get_or_create(&self.label)
+            .set(self.reader.stored_bytes() as i64);
+    }
+}

@@ -1,0 +1,164 @@
+//! All timelines of a data directory (`<data-dir>/timelines/<id>/`), created on demand or as
+//! branches of one another.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use ibd_api::walsync::BranchPoint;
+
+use crate::error::WalError;
+use crate::metrics::Metrics;
+use crate::storage::checkpoints::CheckpointLog;
+use crate::storage::meta::{self, TimelineMeta};
+use crate::storage::sync_dir;
+use crate::timeline::{Timeline, TimelineConfig};
+
+/// Timeline ids are path components and metric labels: keep them plain.
+pub fn validate_timeline_id(id: &str) -> Result<(), WalError> {
+    let ok = (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(WalError::BadRequest(format!(
+            "invalid timeline id {id:?}: expected 1 to 64 characters of [A-Za-z0-9_-]"
+        )))
+    }
+}
+
+pub struct Timelines {
+    root: PathBuf,
+    config: TimelineConfig,
+    metrics: Metrics,
+    map: RwLock<BTreeMap<String, Arc<Timeline>>>,
+    /// Serializes creation (blocking I/O; callers run it off the async threads).
+    create_lock: Mutex<()>,
+}
+
+impl Timelines {
+    /// Opens every timeline under `data_dir`, parents before their branches.
+    pub fn open(data_dir: &Path, config: TimelineConfig, metrics: Metrics) -> Result<Self, WalError> {
+        let root = data_dir.join("timelines");
+        if !root.exists() {
+            std::fs::create_dir_all(&root)?;
+            sync_dir(data_dir)?;
+        }
+        let mut metas = BTreeMap::new();
+        for entry in std::fs::read_dir(&root)? {
+            let dir = entry?.path();
+            if !dir.join(meta::FILE_NAME).exists() {
+                // Creation writes the metadata first; a directory without it was never acknowledged.
+                tracing::warn!(dir = %dir.display(), "ignoring a timeline directory without metadata");
+                continue;
+            }
+            let meta = TimelineMeta::load(&dir)?;
+            metas.insert(meta.timeline_id.clone(), meta);
+        }
+        let timelines = Self {
+            root,
+            config,
+            metrics,
+            map: RwLock::new(BTreeMap::new()),
+            create_lock: Mutex::new(()),
+        };
+        for id in metas.keys() {
+            timelines.open_with_ancestors(id, &metas)?;
+        }
+        Ok(timelines)
+    }
+
+    fn open_with_ancestors(
+        &self,
+        id: &str,
+        metas: &BTreeMap<String, TimelineMeta>,
+    ) -> Result<Arc<Timeline>, WalError> {
+        if let Some(tl) = self.map.read().expect("map lock").get(id) {
+            return Ok(tl.clone());
+        }
+        let meta = metas.get(id).ok_or_else(|| WalError::NotFound(id.to_string()))?;
+        let parent = match &meta.parent {
+            Some(p) => Some(self.open_with_ancestors(&p.timeline_id, metas)?),
+            None => None,
+        };
+        let tl = Timeline::open(&self.root.join(id), parent, &self.config, &self.metrics)?;
+        let status = tl.status();
+        tracing::info!(timeline = id, durable_lsn = ?status.durable_lsn, term = status.term, "opened timeline");
+        self.map
+            .write()
+            .expect("map lock")
+            .insert(id.to_string(), tl.clone());
+        Ok(tl)
+    }
+
+    pub fn get(&self, id: &str) -> Result<Arc<Timeline>, WalError> {
+        validate_timeline_id(id)?;
+        self.map
+            .read()
+            .expect("map lock")
+            .get(id)
+            .cloned()
+            .ok_or_else(|| WalError::NotFound(id.to_string()))
+    }
+
+    pub fn list(&self) -> Vec<Arc<Timeline>> {
+        self.map.read().expect("map lock").values().cloned().collect()
+    }
+
+    /// The timeline, created empty if it does not exist. Blocking.
+    pub fn get_or_create(&self, id: &str) -> Result<Arc<Timeline>, WalError> {
+        match self.get(id) {
+            Err(WalError::NotFound(_)) => self.create(id, None),
+            found => found,
+        }
+    }
+
+    /// Creates a timeline, empty or branched from `parent` at an LSN; idempotent for the same
+    /// request. A branch starts with the parent's geometry and checkpoint in force at its branch
+    /// point, so it can be recovered before its own writer reports any. Blocking.
+    pub fn create(&self, id: &str, parent: Option<BranchPoint>) -> Result<Arc<Timeline>, WalError> {
+        validate_timeline_id(id)?;
+        let _guard = self.create_lock.lock().expect("create lock");
+        if let Ok(existing) = self.get(id) {
+            return if existing.with_meta(|m| m.parent == parent) {
+                Ok(existing)
+            } else {
+                Err(WalError::Exists(id.to_string()))
+            };
+        }
+        let mut meta = TimelineMeta::new(id, parent.clone());
+        let parent_timeline = match &parent {
+            None => None,
+            Some(branch) => {
+                let p = self.get(&branch.timeline_id)?;
+                let durable = p.durable_lsn();
+                if durable.is_none_or(|d| branch.lsn > d) {
+                    return Err(WalError::BadRequest(format!(
+                        "branch LSN {} is beyond the durable LSN {durable:?} of {}",
+                        branch.lsn, branch.timeline_id
+                    )));
+                }
+                p.with_meta(|m| {
+                    meta.geometry.extend(m.geometry_at(branch.lsn).cloned());
+                    meta.checkpoints.extend(m.checkpoint_for(branch.lsn).cloned());
+                });
+                Some(p)
+            }
+        };
+        let dir = self.root.join(id);
+        std::fs::create_dir_all(&dir)?;
+        // `timeline.json` last: a directory without it is an unfinished creation, ignored at start.
+        CheckpointLog::create(&dir, &meta.checkpoints)?;
+        meta.store(&dir)?;
+        sync_dir(&self.root)?;
+        let tl = Timeline::open(&dir, parent_timeline, &self.config, &self.metrics)?;
+        self.map
+            .write()
+            .expect("map lock")
+            .insert(id.to_string(), tl.clone());
+        tracing::info!(timeline = id, ?parent, "created timeline");
+        Ok(tl)
+    }
+}
