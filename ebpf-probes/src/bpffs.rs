@@ -1,0 +1,183 @@
+//! Kernel filesystems the probes depend on (tracefs, bpffs), the FUSE connection id of a
+//! mount, and the per-instance pin directory in bpffs.
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use tracing::{info, warn};
+
+use crate::ProbeError;
+
+/// Pins live under `<bpffs>/fuse_ibd_v1/<instance>-<pid>/`. Bump the version whenever a map
+/// key or value layout changes: aya reopens existing pins without checking their layout, so
+/// older layouts are deleted at load time instead of being reused.
+pub const PIN_LAYOUT_DIR: &str = "fuse_ibd_v1"; // = PIN_LAYOUT_PREFIX + PIN_LAYOUT_VERSION
+const PIN_LAYOUT_PREFIX: &str = "fuse_ibd_v";
+const PIN_LAYOUT_VERSION: u32 = 1;
+
+pub(crate) const TRACEFS: &str = "/sys/kernel/tracing";
+pub(crate) const BPFFS: &str = "/sys/fs/bpf";
+const TRACEFS_MAGIC: i64 = 0x7472_6163;
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
+fn statfs_type(path: &Path) -> io::Result<i64> {
+    let c_path = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let mut buf = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: c_path is NUL-terminated and buf is a valid out-pointer for statfs.
+    if unsafe { libc::statfs(c_path.as_ptr(), buf.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statfs succeeded, so it initialised buf.
+    let fs_type = unsafe { buf.assume_init() }.f_type;
+    #[allow(clippy::unnecessary_cast)] // f_type is i64 on x86_64 but narrower elsewhere
+    Ok(fs_type as i64)
+}
+
+fn ensure_mounted(target: &str, fs_type: &str, magic: i64) -> Result<(), ProbeError> {
+    let io_err = |what, source| ProbeError::Io {
+        what,
+        path: target.into(),
+        source,
+    };
+    if statfs_type(Path::new(target)).map_err(|e| io_err("statfs", e))? == magic {
+        return Ok(());
+    }
+    let c_target = CString::new(target).expect("no NUL in constant path");
+    let c_type = CString::new(fs_type).expect("no NUL in constant name");
+    // SAFETY: all pointers are NUL-terminated strings that outlive the call; data may be NULL.
+    let rc = unsafe {
+        libc::mount(
+            c_type.as_ptr(),
+            c_target.as_ptr(),
+            c_type.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(io_err("mounting", io::Error::last_os_error()));
+    }
+    info!(target, fs_type, "mounted missing kernel filesystem");
+    Ok(())
+}
+
+/// Classic tracepoints are attached through tracefs; maps are pinned in bpffs.
+pub(crate) fn ensure_kernel_filesystems() -> Result<(), ProbeError> {
+    ensure_mounted(TRACEFS, "tracefs", TRACEFS_MAGIC)?;
+    ensure_mounted(BPFFS, "bpf", BPF_FS_MAGIC)
+}
+
+/// The kernel's id of the FUSE connection behind `mount` (`fuse_conn->dev`, which the
+/// tracepoints report), checked to really be a FUSE mount.
+pub(crate) fn fuse_connection_dev(mount: &Path) -> Result<u32, ProbeError> {
+    let io_err = |what, source| ProbeError::Io {
+        what,
+        path: mount.into(),
+        source,
+    };
+    let fs_type = statfs_type(mount).map_err(|e| io_err("statfs", e))?;
+    if fs_type != FUSE_SUPER_MAGIC {
+        return Err(ProbeError::NotFuse {
+            path: mount.into(),
+            fs_type,
+        });
+    }
+    let st_dev = fs::metadata(mount).map_err(|e| io_err("stat", e))?.dev();
+    // st_dev uses the userspace encoding; the kernel's dev_t is MKDEV = major << 20 | minor.
+    Ok((libc::major(st_dev) << 20) | libc::minor(st_dev))
+}
+
+/// `<bpffs>/fuse_ibd_v1/<instance>-<pid>/` (bpffs forbids dots in names): one directory per loader, so a test and a
+/// running fuse-ibd never share maps. Removed again on drop.
+#[derive(Debug)]
+pub(crate) struct PinDir {
+    path: PathBuf,
+}
+
+impl PinDir {
+    pub(crate) fn create(bpffs: &Path, instance: &str) -> Result<Self, ProbeError> {
+        let layout_dir = bpffs.join(PIN_LAYOUT_DIR);
+        remove_stale_pins(bpffs, &layout_dir);
+        let path = layout_dir.join(format!("{instance}-{}", std::process::id()));
+        fs::create_dir_all(&layout_dir).map_err(|source| ProbeError::Io {
+            what: "creating",
+            path: layout_dir.clone(),
+            source,
+        })?;
+        match fs::create_dir(&path) {
+            Ok(()) => Ok(Self { path }),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(ProbeError::PinDirInUse(path)),
+            Err(source) => Err(ProbeError::Io {
+                what: "creating",
+                path,
+                source,
+            }),
+        }
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if let Err(error) = fs::remove_dir_all(&self.path) {
+            warn!(path = %self.path.display(), %error, "cannot remove BPF pins");
+        }
+    }
+}
+
+/// Deletes pins of older layouts (never newer ones: a newer loader may be running) and of
+/// loaders whose process is gone.
+fn remove_stale_pins(bpffs: &Path, layout_dir: &Path) {
+    let entries = |dir: &Path| {
+        fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+    };
+    let old_layouts = entries(bpffs).filter(|p| {
+        let name = p.file_name().unwrap_or_default().to_string_lossy();
+        let version = name
+            .strip_prefix(PIN_LAYOUT_PREFIX)
+            .and_then(|v| v.parse::<u32>().ok());
+        version.is_some_and(|v| v < PIN_LAYOUT_VERSION)
+    });
+    let dead_loaders = entries(layout_dir).filter(|p| {
+        let name = p.file_name().unwrap_or_default().to_string_lossy();
+        let pid = name.rsplit_once('-').and_then(|(_, pid)| pid.parse::<u32>().ok());
+        pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+    });
+    for stale in old_layouts.chain(dead_loaders) {
+        match fs::remove_dir_all(&stale) {
+            Ok(()) => info!(path = %stale.display(), "removed stale BPF pins"),
+            Err(error) => warn!(path = %stale.display(), %error, "cannot remove stale BPF pins"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_dir_carries_the_layout_version() {
+        assert_eq!(PIN_LAYOUT_DIR, format!("{PIN_LAYOUT_PREFIX}{PIN_LAYOUT_VERSION}"));
+    }
+
+    #[test]
+    fn non_fuse_paths_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            fuse_connection_dev(dir.path()),
+            Err(ProbeError::NotFuse { .. })
+        ));
+    }
+}

@@ -1,0 +1,361 @@
+//! Loads `iolat.bpf.o`, attaches each source independently, pins the maps, keeps the
+//! MariaDB pid filter current and reads the histograms back.
+
+use std::error::Error;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use aya::maps::{Array, MapData, MapError, PerCpuHashMap};
+use aya::programs::{BtfTracePoint, ProgramError, TracePoint};
+use aya::{Btf, Ebpf, EbpfLoader, Pod};
+use tracing::{info, warn};
+
+use crate::bpffs::{self, PinDir};
+use crate::histogram::{LatencySnapshot, OpId, Source, SLOTS, TRACED_SYSCALLS};
+use crate::ProbeError;
+
+/// Empty when build.rs could not compile the C source; `BUILD_ERROR` then says why.
+static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/iolat.bpf.o"));
+const BUILD_ERROR: &str = env!("EBPF_PROBES_BUILD_ERROR");
+
+// Key and value layouts of the `latency` map in bpf/iolat.bpf.c.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct OpKey {
+    source: u32,
+    op: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct OpLatency {
+    count: u64,
+    sum_ns: u64,
+    slots: [u64; SLOTS],
+}
+
+// SAFETY: plain #[repr(C)] integers without padding; any bit pattern is valid.
+unsafe impl Pod for OpKey {}
+// SAFETY: as above.
+unsafe impl Pod for OpLatency {}
+
+/// Which process's syscalls and io_uring requests are traced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PidSource {
+    /// Trace only the FUSE mount.
+    None,
+    Pid(u32),
+    /// Re-read on every [`KernelLatency::follow_pid`], so a restarted mariadbd is followed.
+    PidFile(PathBuf),
+}
+
+impl PidSource {
+    fn current(&self) -> Option<u32> {
+        match self {
+            PidSource::None => None,
+            PidSource::Pid(pid) => Some(*pid),
+            // A missing or half-written pid file means mariadbd is not (yet) running.
+            PidSource::PidFile(path) => fs::read_to_string(path).ok()?.trim().parse().ok(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ProbeConfig {
+    /// The FUSE mount point whose requests are measured.
+    pub mount: PathBuf,
+    pub pids: PidSource,
+    /// Names the pin directory `<bpffs>/fuse_ibd_v1/<instance>-<pid>/`.
+    pub instance: String,
+    /// Where bpffs is (mounted there if it is not).
+    pub bpffs: PathBuf,
+    /// Which sources to attach; the others cost nothing.
+    pub sources: Vec<Source>,
+}
+
+impl ProbeConfig {
+    pub fn new(mount: impl Into<PathBuf>, pids: PidSource) -> Self {
+        Self {
+            mount: mount.into(),
+            pids,
+            instance: "fuse-ibd".to_owned(),
+            bpffs: bpffs::BPFFS.into(),
+            sources: Source::ALL.to_vec(),
+        }
+    }
+
+    pub fn instance(mut self, instance: impl Into<String>) -> Self {
+        self.instance = instance.into();
+        self
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceStatus {
+    Attached,
+    /// The kernel refused this source (e.g. a tracepoint is missing); the others still work.
+    Unavailable(String),
+}
+
+/// Cumulative cost of one BPF program, see [`KernelLatency::program_stats`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramStats {
+    pub name: String,
+    pub run_count: u64,
+    pub run_time: Duration,
+}
+
+/// The loaded and attached probes. Dropping it detaches them and removes the pins.
+pub struct KernelLatency {
+    latency: PerCpuHashMap<MapData, OpKey, OpLatency>,
+    cfg_tgid: Array<MapData, u32>,
+    pids: PidSource,
+    traced_pid: Option<u32>,
+    sources: Vec<(Source, SourceStatus)>,
+    /// Owns the programs and their links: the probes stay attached while this lives.
+    ebpf: Ebpf,
+    pin_dir: PinDir,
+}
+
+impl std::fmt::Debug for KernelLatency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KernelLatency")
+            .field("pin_dir", &self.pin_dir.path())
+            .field("traced_pid", &self.traced_pid)
+            .field("sources", &self.sources)
+            .finish_non_exhaustive()
+    }
+}
+
+fn error_chain(error: &dyn Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> ProbeError {
+    move |source| ProbeError::Map { name, source }
+}
+
+impl KernelLatency {
+    /// Loads and attaches the probes for `config.mount` (needs root, or CAP_BPF, CAP_PERFMON
+    /// and CAP_SYS_ADMIN). Sources the kernel refuses are reported by [`Self::sources`]; it
+    /// is an error only if none attaches.
+    pub fn load(config: ProbeConfig) -> Result<Self, ProbeError> {
+        if BPF_OBJECT.is_empty() {
+            return Err(ProbeError::Unavailable(format!(
+                "ebpf-probes was built without BPF programs ({BUILD_ERROR})"
+            )));
+        }
+        bpffs::ensure_kernel_filesystems()?;
+        let fuse_dev = bpffs::fuse_connection_dev(&config.mount)?;
+        let btf = Btf::from_sys_fs()
+            .map_err(|e| ProbeError::Unavailable(format!("kernel BTF (/sys/kernel/btf/vmlinux): {e}")))?;
+        // syscall_start is task storage, which aya has no typed API for; only BPF code uses it.
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&btf))
+            .allow_unsupported_maps()
+            .load(BPF_OBJECT)?;
+
+        let pin_dir = PinDir::create(&config.bpffs, &config.instance)?;
+        let mut pinned_map = |name: &'static str| {
+            let map = ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))?;
+            map.pin(pin_dir.path().join(name))
+                .map_err(|source| ProbeError::Pin { name, source })?;
+            Ok::<_, ProbeError>(map)
+        };
+        let latency = PerCpuHashMap::try_from(pinned_map("latency")?).map_err(map_err("latency"))?;
+        let cfg_tgid = Array::try_from(pinned_map("cfg_tgid")?).map_err(map_err("cfg_tgid"))?;
+        let mut cfg_fuse_dev: Array<_, u32> =
+            Array::try_from(pinned_map("cfg_fuse_dev")?).map_err(map_err("cfg_fuse_dev"))?;
+        cfg_fuse_dev
+            .set(0, fuse_dev, 0)
+            .map_err(map_err("cfg_fuse_dev"))?;
+
+        let sources: Vec<_> = config
+            .sources
+            .iter()
+            .copied()
+            .map(|source| {
+                let status = match attach(&mut ebpf, source, &btf) {
+                    Ok(()) => SourceStatus::Attached,
+                    Err(error) => {
+                        let reason = error_chain(&error);
+                        warn!(%source, %reason, "latency source unavailable");
+                        SourceStatus::Unavailable(reason)
+                    }
+                };
+                (source, status)
+            })
+            .collect();
+        if sources
+            .iter()
+            .all(|(_, status)| *status != SourceStatus::Attached)
+        {
+            let reasons: Vec<_> = sources
+                .iter()
+                .filter_map(|(s, status)| match status {
+                    SourceStatus::Unavailable(reason) => Some(format!("{s}: {reason}")),
+                    SourceStatus::Attached => None,
+                })
+                .collect();
+            return Err(ProbeError::NothingAttached(reasons.join("; ")));
+        }
+
+        info!(mount = %config.mount.display(), fuse_dev, pin_dir = %pin_dir.path().display(), "eBPF latency probes loaded");
+
+        let mut probes = Self {
+            latency,
+            cfg_tgid,
+            pids: config.pids,
+            traced_pid: None,
+            sources,
+            ebpf,
+            pin_dir,
+        };
+        probes.follow_pid()?;
+        Ok(probes)
+    }
+
+    /// Which sources are attached, and why the others are not.
+    pub fn sources(&self) -> &[(Source, SourceStatus)] {
+        &self.sources
+    }
+
+    /// Where the maps are pinned (`latency`, `cfg_tgid`, `cfg_fuse_dev`).
+    pub fn pin_dir(&self) -> &Path {
+        self.pin_dir.path()
+    }
+
+    /// The process whose syscalls and io_uring requests are currently traced.
+    pub fn traced_pid(&self) -> Option<u32> {
+        self.traced_pid
+    }
+
+    /// Re-reads the pid source and retargets the syscall/io_uring filter if the pid changed
+    /// (e.g. mariadbd restarted). Cheap; call it before every read-out.
+    pub fn follow_pid(&mut self) -> Result<Option<u32>, ProbeError> {
+        let wanted = self.pids.current();
+        if wanted == self.traced_pid {
+            return Ok(wanted);
+        }
+        // 0 is never a user process: the BPF side treats it as "no process".
+        self.cfg_tgid
+            .set(0, wanted.unwrap_or(0), 0)
+            .map_err(map_err("cfg_tgid"))?;
+        info!(old = ?self.traced_pid, new = ?wanted, "traced mariadbd pid changed");
+        self.traced_pid = wanted;
+        Ok(wanted)
+    }
+
+    /// How often each attached program ran and for how long: what the probes cost. The
+    /// kernel only accounts this while run-time statistics are enabled
+    /// (`aya::sys::enable_stats(Stats::RunTime)` or `sysctl kernel.bpf_stats_enabled=1`).
+    pub fn program_stats(&self) -> Result<Vec<ProgramStats>, ProbeError> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, program)| match program.info() {
+                Ok(info) => Some(Ok(ProgramStats {
+                    name: name.to_owned(),
+                    run_count: info.run_count(),
+                    run_time: info.run_time(),
+                })),
+                // Programs of sources that were not requested are never loaded.
+                Err(ProgramError::NotLoaded) => None,
+                Err(source) => Some(Err(ProbeError::Program {
+                    name: name.to_owned(),
+                    source,
+                })),
+            })
+            .collect()
+    }
+
+    /// Sums the per-CPU counters into one histogram per operation (cumulative since load).
+    pub fn snapshot(&self) -> Result<LatencySnapshot, ProbeError> {
+        let mut snapshot = LatencySnapshot::default();
+        for entry in self.latency.iter() {
+            let (key, per_cpu) = entry.map_err(map_err("latency"))?;
+            let Some(source) = Source::from_raw(key.source) else {
+                continue;
+            };
+            let histogram = snapshot.ops.entry(OpId { source, op: key.op }).or_default();
+            for cpu in per_cpu.iter() {
+                histogram.count += cpu.count;
+                histogram.sum_ns += cpu.sum_ns;
+                for (total, n) in histogram.slots.iter_mut().zip(cpu.slots) {
+                    *total += n;
+                }
+            }
+        }
+        Ok(snapshot)
+    }
+}
+
+fn btf_tracepoint<'a>(ebpf: &'a mut Ebpf, program: &str) -> Result<&'a mut BtfTracePoint, ProgramError> {
+    // Programs are named after their C function, which is also the tracepoint's name.
+    let program = ebpf
+        .program_mut(program)
+        .ok_or_else(|| ProgramError::InvalidName { name: program.into() })?;
+    program.try_into()
+}
+
+fn tracepoint<'a>(ebpf: &'a mut Ebpf, program: &str) -> Result<&'a mut TracePoint, ProgramError> {
+    let program = ebpf
+        .program_mut(program)
+        .ok_or_else(|| ProgramError::InvalidName { name: program.into() })?;
+    program.try_into()
+}
+
+fn attach(ebpf: &mut Ebpf, source: Source, btf: &Btf) -> Result<(), ProgramError> {
+    // End before start: a start recorded without its end program would only age out of the LRU.
+    let btf_pair = |end: &str, start: &str, ebpf: &mut Ebpf| {
+        for name in [end, start] {
+            let program = btf_tracepoint(ebpf, name)?;
+            program.load(name, btf)?;
+            program.attach()?;
+        }
+        Ok(())
+    };
+    match source {
+        Source::Fuse => btf_pair("fuse_request_end", "fuse_request_send", ebpf),
+        Source::IoUring => btf_pair("io_uring_complete", "io_uring_submit_req", ebpf),
+        Source::Syscall => {
+            // One program per direction, attached to every traced syscall's tracepoint.
+            for (program, direction) in [("syscall_exit", "exit"), ("syscall_enter", "enter")] {
+                let program = tracepoint(ebpf, program)?;
+                program.load()?;
+                for (syscall, _) in TRACED_SYSCALLS {
+                    program.attach("syscalls", &format!("sys_{direction}_{syscall}"))?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_file_is_reread_and_tolerates_missing_or_partial_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mariadbd.pid");
+        let source = PidSource::PidFile(path.clone());
+        assert_eq!(source.current(), None);
+        fs::write(&path, "").unwrap();
+        assert_eq!(source.current(), None);
+        fs::write(&path, "4242\n").unwrap();
+        assert_eq!(source.current(), Some(4242));
+        fs::write(&path, "4343\n").unwrap();
+        assert_eq!(source.current(), Some(4343));
+        assert_eq!(PidSource::Pid(7).current(), Some(7));
+        assert_eq!(PidSource::None.current(), None);
+    }
+}
