@@ -22,7 +22,9 @@ use crate::inode::{InodeTable, CONTROL_DIR_INO, ROOT_INO, STATUS_FILE_INO};
 use crate::kind::FileKind;
 use crate::metrics::Metrics;
 use crate::page_locks::PageLocks;
+use crate::page_ship::PageShipper;
 use crate::redo_tail::{RedoEvent, RedoTailer};
+use crate::wal_ship::WalShipper;
 
 pub const CONTROL_DIR_NAME: &str = ".fuse-ibd";
 pub const STATUS_FILE_NAME: &str = "status";
@@ -108,13 +110,27 @@ pub const FALLOC_KEEP_SIZE: i32 = libc::FALLOC_FL_KEEP_SIZE;
 pub const FALLOC_PUNCH_HOLE: i32 = libc::FALLOC_FL_PUNCH_HOLE;
 
 enum Handle {
-    File {
-        file: File,
-        ino: u64,
-        kind: FileKind,
-    },
+    File(OpenFile),
     /// A snapshot of `.fuse-ibd/status` taken at open, so one reader sees one consistent text.
     Status(Vec<u8>),
+}
+
+struct OpenFile {
+    file: File,
+    ino: u64,
+    kind: FileKind,
+    /// The file's id on the pageserver, when its blocks are shipped there.
+    remote: Option<u64>,
+}
+
+impl Handle {
+    /// The open file, for operations the status file does not support.
+    fn open_file(&self) -> FsResult<&OpenFile> {
+        match self {
+            Handle::File(f) => Ok(f),
+            Handle::Status(_) => Err(FsError::ReadOnly(".fuse-ibd/status")),
+        }
+    }
 }
 
 /// Where the mount is and what it serves; shown in `.fuse-ibd/status`.
@@ -135,6 +151,10 @@ pub struct Datadir {
     started: SystemTime,
     /// One tail per redo log inode (`ib_logfile0`, and `ib_logfile101` during a resize).
     redo: Mutex<HashMap<u64, RedoTailer>>,
+    /// Where complete redo goes; `None` keeps the log local only.
+    wal: Option<WalShipper>,
+    /// Where page and generic files go; `None` keeps them local only.
+    pages: Option<PageShipper>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -156,6 +176,43 @@ fn check_name(name: &OsStr) -> FsResult<()> {
 fn cvt(ret: libc::c_int, op: &'static str) -> FsResult<()> {
     if ret == -1 {
         return Err(FsError::io(op)(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Shipping granularity: a page of page files, a block of generic files.
+const BLOCK: u64 = ibd_format::page::PAGE_SIZE as u64;
+
+/// Reads into `buf` from `offset` until it is full or the file ends; returns the bytes read.
+fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Every regular file under `dir`, as (path relative to `root`, size).
+fn walk_files(root: &Path, dir: &Path, out: &mut Vec<(String, u64)>) -> std::io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        if meta.is_dir() {
+            walk_files(root, &entry.path(), out)?;
+        } else if meta.is_file() {
+            let rel = entry
+                .path()
+                .strip_prefix(root)
+                .expect("under root")
+                .to_string_lossy()
+                .into_owned();
+            out.push((rel, meta.len()));
+        }
     }
     Ok(())
 }
@@ -226,7 +283,140 @@ impl Datadir {
             metrics,
             started: SystemTime::now(),
             redo: Mutex::new(HashMap::new()),
+            wal: None,
+            pages: None,
         })
+    }
+
+    /// Ships page and generic files to the pageserver and makes their fsyncs wait for it
+    /// (invariant 2). Brings the timeline in line with the local files first (see `reconcile`).
+    pub fn with_page_shipper(mut self, shipper: PageShipper) -> FsResult<Self> {
+        self.pages = Some(shipper);
+        self.reconcile()?;
+        Ok(self)
+    }
+
+    /// Marker written when the mount stopped with every upload durable.
+    fn clean_marker(&self) -> PathBuf {
+        self.info.cache_dir.join("clean-unmount")
+    }
+
+    /// Local files the timeline does not know are registered and uploaded; after an unclean stop
+    /// (dirty blocks may not have reached the pageserver) every local block is uploaded again.
+    /// A timeline holding files the cache lacks needs a fresh-node mount, which this version
+    /// refuses rather than serve a partial datadir.
+    fn reconcile(&self) -> FsResult<()> {
+        let Some(pages) = &self.pages else { return Ok(()) };
+        let clean = self.clean_marker().exists();
+        let _ = fs::remove_file(self.clean_marker());
+        let mut local = Vec::new();
+        walk_files(&self.backing, &self.backing, &mut local).map_err(FsError::io("scan the cache"))?;
+        let remote = |e: crate::page_ship::PageShipError| FsError::Remote {
+            op: "reconcile with the pageserver",
+            message: e.to_string(),
+        };
+        let missing: Vec<String> = pages
+            .all_files()
+            .into_iter()
+            .map(|f| f.path)
+            .filter(|p| !local.iter().any(|(l, _)| l == p))
+            .collect();
+        if !missing.is_empty() {
+            return Err(FsError::Remote {
+                op: "mount",
+                message: format!(
+                    "the timeline has {} file(s) this cache lacks (e.g. {}): mounting onto an empty cache (a fresh node) is not supported yet",
+                    missing.len(),
+                    missing[0]
+                ),
+            });
+        }
+        for (path, size) in local {
+            let kind = FileKind::of(std::path::Path::new(&path).file_name().unwrap_or_default());
+            if !matches!(kind, FileKind::Page | FileKind::Generic) {
+                continue;
+            }
+            let id = match pages.file(&path) {
+                Some(f) if clean => {
+                    pages.set_size(f.id, size).map_err(remote)?;
+                    continue;
+                }
+                Some(f) => f.id,
+                None => pages.create(&path, kind, size).map_err(remote)?,
+            };
+            let file = File::open(self.backing.join(&path)).map_err(FsError::io("open for upload"))?;
+            for block in 0..size.div_ceil(BLOCK) {
+                self.queue_block(pages, &file, kind, id, block, None)?;
+            }
+            pages.set_size(id, size).map_err(remote)?;
+        }
+        let ticket = pages.current_ticket();
+        pages.wait_durable(ticket).map_err(remote)
+    }
+
+    /// Queues block `block` of a shipped file; `image` when the caller has the whole block,
+    /// else it is read from the backing file (the caller holds the page's lock).
+    fn queue_block(
+        &self,
+        pages: &PageShipper,
+        file: &File,
+        kind: FileKind,
+        id: u64,
+        block: u64,
+        image: Option<&[u8]>,
+    ) -> FsResult<()> {
+        let image = match image {
+            Some(image) => bytes::Bytes::copy_from_slice(image),
+            None => {
+                let mut buf = vec![0u8; BLOCK as usize];
+                let filled = read_full_at(file, &mut buf, block * BLOCK)
+                    .map_err(FsError::io("read block for upload"))?;
+                buf.truncate(filled);
+                bytes::Bytes::from(buf)
+            }
+        };
+        let lsn = if kind == FileKind::Page {
+            ibd_format::page::page_lsn(&image)
+        } else {
+            0
+        };
+        pages.dirty(id, block, lsn, image);
+        Ok(())
+    }
+
+    /// Called when the filesystem is unmounted: waits for the uploads, then notes the clean stop.
+    pub fn shutdown(&self) {
+        let Some(pages) = &self.pages else { return };
+        match pages.wait_durable(pages.current_ticket()) {
+            Ok(()) => {
+                if let Err(e) = File::create(self.clean_marker()) {
+                    tracing::warn!(error = %e, "cannot record the clean unmount");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "unmounting with page uploads not durable: the next mount uploads everything again")
+            }
+        }
+    }
+
+    fn relative(&self, path: &std::path::Path) -> String {
+        path.strip_prefix(&self.backing)
+            .unwrap_or(path)
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    fn page_error(op: &'static str) -> impl Fn(crate::page_ship::PageShipError) -> FsError {
+        move |e| FsError::Remote {
+            op,
+            message: e.to_string(),
+        }
+    }
+
+    /// Ships complete redo to walsync and makes log fsyncs wait for it (invariant 1).
+    pub fn with_wal_shipper(mut self, shipper: WalShipper) -> Self {
+        self.wal = Some(shipper);
+        self
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -307,10 +497,7 @@ impl Datadir {
         }
         if change.size.is_some() || change.atime.is_some() || change.mtime.is_some() {
             let file = match fh.and_then(|fh| self.handle(fh).ok()) {
-                Some(h) => match &*h {
-                    Handle::File { file, .. } => file.try_clone().map_err(FsError::io("dup"))?,
-                    Handle::Status(_) => return Err(FsError::ReadOnly(".fuse-ibd/status")),
-                },
+                Some(h) => h.open_file()?.file.try_clone().map_err(FsError::io("dup"))?,
                 None => OpenOptions::new()
                     .write(true)
                     .open(&path)
@@ -320,6 +507,15 @@ impl Datadir {
                 // A truncate may cut through a page: exclude its readers like a write does.
                 let _pages = self.page_locks.write(ino, size, u64::MAX / 2 - size);
                 file.set_len(size).map_err(FsError::io("truncate"))?;
+                if let Some(pages) = &self.pages {
+                    if let Some(f) = pages.file(&self.relative(&path)) {
+                        let kind = FileKind::of(path.file_name().unwrap_or_default());
+                        if size % BLOCK != 0 {
+                            self.queue_block(pages, &file, kind, f.id, size / BLOCK, None)?;
+                        }
+                        pages.set_size(f.id, size).map_err(Self::page_error("truncate"))?;
+                    }
+                }
             }
             let mut times = fs::FileTimes::new();
             if let Some(t) = change.atime {
@@ -363,6 +559,11 @@ impl Datadir {
         let path = self.child_path(parent, name)?;
         fs::remove_file(&path).map_err(FsError::io("unlink"))?;
         lock(&self.inodes).remove(parent, name);
+        if let Some(pages) = &self.pages {
+            pages
+                .unlink(&self.relative(&path))
+                .map_err(Self::page_error("unlink"))?;
+        }
         Ok(())
     }
 
@@ -385,26 +586,45 @@ impl Datadir {
         if Self::is_virtual(parent) || Self::is_virtual(new_parent) {
             return Err(FsError::ReadOnly(".fuse-ibd"));
         }
-        let from = cstring(&self.child_path(parent, name)?)?;
-        let to = cstring(&self.child_path(new_parent, new_name)?)?;
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        if exchange && self.pages.is_some() {
+            // Not used by MariaDB; swapping two names on the pageserver is not one operation.
+            return Err(FsError::Unsupported("RENAME_EXCHANGE with page shipping"));
+        }
+        let (from_path, to_path) = (
+            self.child_path(parent, name)?,
+            self.child_path(new_parent, new_name)?,
+        );
+        let (from, to) = (cstring(&from_path)?, cstring(&to_path)?);
         // SAFETY: both paths are valid NUL-terminated strings; AT_FDCWD with absolute paths.
         let ret =
             unsafe { libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), flags) };
         cvt(ret, "rename")?;
-        let mut inodes = lock(&self.inodes);
-        if flags & libc::RENAME_EXCHANGE != 0 {
-            inodes.exchange((parent, name), (new_parent, new_name));
-        } else {
-            inodes.rename(parent, name, new_parent, new_name);
+        {
+            let mut inodes = lock(&self.inodes);
+            if exchange {
+                inodes.exchange((parent, name), (new_parent, new_name));
+            } else {
+                inodes.rename(parent, name, new_parent, new_name);
+            }
+        }
+        if let Some(pages) = &self.pages {
+            let (from_rel, to_rel) = (self.relative(&from_path), self.relative(&to_path));
+            // The replaced target is gone locally: unlink it remotely first.
+            pages.unlink(&to_rel).map_err(Self::page_error("rename"))?;
+            pages
+                .rename(&from_rel, &to_rel)
+                .map_err(Self::page_error("rename"))?;
         }
         Ok(())
     }
 
     fn open_backing(&self, path: &Path, flags: i32, create_mode: Option<u32>) -> FsResult<File> {
         let mut opts = OpenOptions::new();
+        // Write-only opens get a readable backing fd too: a partial write is shipped as the
+        // whole block it leaves, read back from the file.
         match flags & libc::O_ACCMODE {
             libc::O_RDONLY => opts.read(true),
-            libc::O_WRONLY => opts.write(true),
             _ => opts.read(true).write(true),
         };
         // O_DIRECT and O_APPEND are the kernel's business: our buffers are not aligned, and the
@@ -431,54 +651,129 @@ impl Datadir {
     }
 
     /// Starts tailing a redo log the first time it is opened: an existing log is picked up where
-    /// recovery would find its end; a new one when its header is written.
+    /// recovery would find its end; a new one when its header is written. With walsync, an
+    /// existing log is first brought in line with what walsync holds.
     fn track_redo(&self, ino: u64, file: &File) -> FsResult<()> {
         if lock(&self.redo).contains_key(&ino) {
             return Ok(());
         }
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(&mut &*file, &mut bytes).map_err(FsError::io("read redo log"))?;
-        let tailer = RedoTailer::from_existing(&bytes).unwrap_or_default();
+        let mut tailer = RedoTailer::from_existing(&bytes).unwrap_or_default();
+        if let Some(wal) = &self.wal {
+            self.align_with_walsync(&mut tailer, wal, file);
+        }
         lock(&self.redo).entry(ino).or_insert(tailer);
         Ok(())
     }
 
-    /// Feeds a completed write of a redo log to its tail and records what it revealed.
+    /// The next log write ships from where walsync's durable WAL ends: from the checkpoint (with
+    /// the geometry and checkpoint) for an empty timeline, from its durable LSN after an unclean
+    /// stop left it behind the local log.
+    fn align_with_walsync(&self, tailer: &mut RedoTailer, wal: &WalShipper, file: &File) {
+        let (Some(geometry), Some(complete), Some(checkpoint)) =
+            (tailer.geometry(), tailer.complete_lsn(), tailer.checkpoint())
+        else {
+            return;
+        };
+        let resume = match wal.durable_lsn() {
+            None => {
+                wal.submit(vec![
+                    RedoEvent::Geometry {
+                        geometry,
+                        creator: "adopted by fuse-ibd".into(),
+                    },
+                    RedoEvent::Checkpoint {
+                        slot: ibd_format::redo::CheckpointSlot::First,
+                        checkpoint,
+                    },
+                ]);
+                checkpoint.checkpoint_lsn
+            }
+            Some(durable) if durable < complete => durable,
+            Some(durable) => {
+                if durable > complete {
+                    tracing::warn!(durable, complete, "walsync holds more redo than the local log");
+                }
+                return;
+            }
+        };
+        if !tailer.rewind_to(resume) {
+            tracing::error!(
+                resume,
+                complete,
+                "redo walsync lacks is no longer in the local log"
+            );
+            return;
+        }
+        tracing::info!(
+            from = resume,
+            to = complete,
+            "shipping redo walsync does not have yet"
+        );
+        match tailer.catch_up(file, complete) {
+            Ok(events) => wal.submit(events),
+            Err(e) => tracing::error!(error = %e, "reading the redo walsync lacks"),
+        }
+    }
+
+    /// Feeds a completed write of a redo log to its tail, records what it revealed and hands it
+    /// to the shipper.
     fn tail_redo(&self, ino: u64, file: &File, offset: u64, len: u64) {
         let mut tails = lock(&self.redo);
         let tailer = tails.entry(ino).or_default();
-        match tailer.on_write(file, offset, len) {
-            Ok(events) => {
-                for event in &events {
-                    match event {
-                        RedoEvent::Geometry { geometry, creator } => {
-                            tracing::info!(first_lsn = geometry.first_lsn, file_size = geometry.file_size, %creator, "new redo log");
-                        }
-                        RedoEvent::Checkpoint { checkpoint, .. } => {
-                            self.metrics.record_redo_checkpoint(checkpoint.checkpoint_lsn)
-                        }
-                        RedoEvent::Wal { bytes, mtrs, .. } => {
-                            self.metrics.record_redo_complete(bytes.len(), mtrs.len())
-                        }
-                    }
-                }
-                if let Some(lsn) = tailer.complete_lsn() {
-                    self.metrics.set_redo_complete_lsn(lsn);
-                }
-            }
+        let events = match tailer.on_write(file, offset, len) {
+            Ok(events) => events,
             Err(e) => {
                 // The write itself succeeded locally; a log we cannot parse is the server's
                 // business at its next recovery, but it must be loud.
                 tracing::error!(error = %e, "redo log tail");
                 self.metrics.record_op("redo_tail", 0.0, Some(libc::EIO));
+                return;
             }
+        };
+        let complete_lsn = tailer.complete_lsn();
+        if let Some(lsn) = complete_lsn {
+            self.metrics.set_redo_complete_lsn(lsn);
+        }
+        drop(tails);
+        for event in &events {
+            match event {
+                RedoEvent::Geometry { geometry, creator } => {
+                    tracing::info!(first_lsn = geometry.first_lsn, file_size = geometry.file_size, %creator, "new redo log");
+                }
+                RedoEvent::Checkpoint { checkpoint, .. } => {
+                    self.metrics.record_redo_checkpoint(checkpoint.checkpoint_lsn);
+                    if let Some(pages) = &self.pages {
+                        pages.record_checkpoint(*checkpoint, complete_lsn.unwrap_or(checkpoint.end_lsn));
+                    }
+                }
+                RedoEvent::Wal { bytes, mtrs, .. } => {
+                    self.metrics.record_redo_complete(bytes.len(), mtrs.len())
+                }
+            }
+        }
+        if let Some(wal) = &self.wal {
+            wal.submit(events);
         }
     }
 
-    fn opened(&self, file: File, ino: u64, kind: FileKind, flags: i32) -> Opened {
+    fn opened(&self, file: File, ino: u64, kind: FileKind, flags: i32, remote: Option<u64>) -> Opened {
         let direct_io = matches!(kind, FileKind::Page | FileKind::Redo) || flags & libc::O_DIRECT != 0;
-        let fh = self.register(Handle::File { file, ino, kind });
+        let fh = self.register(Handle::File(OpenFile {
+            file,
+            ino,
+            kind,
+            remote,
+        }));
         Opened { fh, kind, direct_io }
+    }
+
+    /// The pageserver id of a shipped file at `path` (page and generic files only).
+    fn remote_id(&self, path: &Path, kind: FileKind) -> Option<u64> {
+        let pages = self.pages.as_ref()?;
+        matches!(kind, FileKind::Page | FileKind::Generic)
+            .then(|| pages.file(&self.relative(path)).map(|f| f.id))?
     }
 
     pub fn create(
@@ -493,10 +788,24 @@ impl Datadir {
             return Err(FsError::ReadOnly(".fuse-ibd"));
         }
         let path = self.child_path(parent, name)?;
+        let kind = FileKind::of(name);
         let file = self.open_backing(&path, flags, Some(mode))?;
         self.chown_new(&path, owner)?;
         let attr = self.lookup(parent, name)?;
-        Ok((attr, self.opened(file, attr.ino, FileKind::of(name), flags)))
+        let remote = match &self.pages {
+            Some(pages) if matches!(kind, FileKind::Page | FileKind::Generic) => {
+                let rel = self.relative(&path);
+                let id = match pages.file(&rel) {
+                    Some(f) => f.id,
+                    None => pages
+                        .create(&rel, kind, attr.size)
+                        .map_err(Self::page_error("create"))?,
+                };
+                Some(id)
+            }
+            _ => None,
+        };
+        Ok((attr, self.opened(file, attr.ino, kind, flags, remote)))
     }
 
     pub fn open(&self, ino: u64, flags: i32) -> FsResult<Opened> {
@@ -519,7 +828,8 @@ impl Datadir {
         if kind == FileKind::Redo && flags & libc::O_ACCMODE != libc::O_WRONLY {
             self.track_redo(ino, &file)?;
         }
-        Ok(self.opened(file, ino, kind, flags))
+        let remote = self.remote_id(&path, kind);
+        Ok(self.opened(file, ino, kind, flags, remote))
     }
 
     pub fn release(&self, fh: u64) {
@@ -529,7 +839,7 @@ impl Datadir {
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let handle = self.handle(fh)?;
         let (file, ino, kind) = match &*handle {
-            Handle::File { file, ino, kind } => (file, *ino, *kind),
+            Handle::File(f) => (&f.file, f.ino, f.kind),
             Handle::Status(text) => {
                 let start = (offset as usize).min(text.len());
                 let end = (start + size as usize).min(text.len());
@@ -537,18 +847,10 @@ impl Datadir {
             }
         };
         let mut buf = vec![0u8; size as usize];
-        let mut filled = 0;
-        {
+        let filled = {
             let _pages = self.page_locks.read(ino, offset, u64::from(size));
-            while filled < buf.len() {
-                match file.read_at(&mut buf[filled..], offset + filled as u64) {
-                    Ok(0) => break,
-                    Ok(n) => filled += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(FsError::io("read")(e)),
-                }
-            }
-        }
+            read_full_at(file, &mut buf, offset).map_err(FsError::io("read"))?
+        };
         buf.truncate(filled);
         self.metrics.record_read(kind, filled);
         Ok(buf)
@@ -556,15 +858,42 @@ impl Datadir {
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8], open_flags: i32) -> FsResult<u32> {
         let handle = self.handle(fh)?;
-        let Handle::File { file, ino, kind } = &*handle else {
-            return Err(FsError::ReadOnly(".fuse-ibd/status"));
-        };
+        let OpenFile {
+            file,
+            ino,
+            kind,
+            remote,
+        } = handle.open_file()?;
+        let shipped = self.pages.as_ref().zip(*remote);
         {
             let _pages = self.page_locks.write(*ino, offset, data.len() as u64);
             file.write_all_at(data, offset).map_err(FsError::io("write"))?;
+            if let Some((pages, id)) = shipped {
+                // Queued under the page lock: the images are exactly what this write left.
+                let (first, last) = (offset / BLOCK, (offset + data.len().max(1) as u64 - 1) / BLOCK);
+                for block in first..=last {
+                    let start = block * BLOCK;
+                    let whole = (start >= offset && start + BLOCK <= offset + data.len() as u64)
+                        .then(|| &data[(start - offset) as usize..(start - offset + BLOCK) as usize]);
+                    self.queue_block(pages, file, *kind, id, block, whole)?;
+                }
+            }
         }
         if open_flags & (libc::O_SYNC | libc::O_DSYNC) != 0 {
             file.sync_data().map_err(FsError::io("write (O_DSYNC)"))?;
+            if let Some((pages, _)) = shipped {
+                pages
+                    .wait_durable(pages.current_ticket())
+                    .map_err(Self::page_error("write (O_DSYNC)"))?;
+            }
+        }
+        if let (FileKind::Page, Some((pages, id)), 0) = (kind, shipped, offset) {
+            let first_page = &data[..data.len().min(BLOCK as usize)];
+            if first_page.len() == BLOCK as usize && !ibd_format::page::is_all_zero(first_page) {
+                pages
+                    .set_space_id(id, ibd_format::page::space_id(first_page))
+                    .map_err(Self::page_error("write"))?;
+            }
         }
         if *kind == FileKind::Redo {
             self.tail_redo(*ino, file, offset, data.len() as u64);
@@ -573,10 +902,18 @@ impl Datadir {
         Ok(data.len() as u32)
     }
 
-    /// The durability point of a file (DESIGN.md section 3). Scratch files need none.
+    /// The durability point of a file (DESIGN.md section 3). Scratch files need none; the redo
+    /// log's is walsync's durable LSN covering every complete mtr written before the fsync.
     pub fn fsync(&self, fh: u64, datasync: bool) -> FsResult<()> {
         let handle = self.handle(fh)?;
-        let Handle::File { file, kind, .. } = &*handle else {
+        // The status file has nothing to make durable.
+        let Handle::File(OpenFile {
+            file,
+            kind,
+            ino,
+            remote,
+        }) = &*handle
+        else {
             return Ok(());
         };
         if *kind == FileKind::Scratch {
@@ -588,8 +925,46 @@ impl Datadir {
             file.sync_all()
         }
         .map_err(FsError::io("fsync"))?;
+        if let (Some(pages), Some(id)) = (&self.pages, remote) {
+            // Invariant 2: every block written before this fsync is durable on the pageserver.
+            pages
+                .wait_durable(pages.current_ticket())
+                .map_err(Self::page_error("fsync"))?;
+            let size = file.metadata().map_err(FsError::io("fstat"))?.len();
+            pages.set_size(*id, size).map_err(Self::page_error("fsync"))?;
+        }
+        if let (FileKind::Redo, Some(wal)) = (kind, &self.wal) {
+            let written = lock(&self.redo).get(ino).and_then(RedoTailer::complete_lsn);
+            if let Some(lsn) = written {
+                wal.wait_durable(lsn).map_err(|e| FsError::Remote {
+                    op: "fsync of the redo log",
+                    message: e.to_string(),
+                })?;
+            }
+        }
         self.metrics.record_fsync(*kind);
         Ok(())
+    }
+
+    /// `close()` of a handle: the durability point of generic files (DESIGN.md section 3), whose
+    /// writers (`db.opt`, `.frm`) often never fsync. Page files and the log have fsync for that.
+    pub fn flush(&self, fh: u64) -> FsResult<()> {
+        let handle = self.handle(fh)?;
+        let Handle::File(OpenFile {
+            file,
+            kind: FileKind::Generic,
+            remote: Some(id),
+            ..
+        }) = &*handle
+        else {
+            return Ok(());
+        };
+        let Some(pages) = &self.pages else { return Ok(()) };
+        pages
+            .wait_durable(pages.current_ticket())
+            .map_err(Self::page_error("close"))?;
+        let size = file.metadata().map_err(FsError::io("fstat"))?.len();
+        pages.set_size(*id, size).map_err(Self::page_error("close"))
     }
 
     pub fn fsyncdir(&self, ino: u64) -> FsResult<()> {
@@ -604,9 +979,12 @@ impl Datadir {
     /// Mode 0 (allocate and extend), `KEEP_SIZE`, and `PUNCH_HOLE | KEEP_SIZE`.
     pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> FsResult<()> {
         let handle = self.handle(fh)?;
-        let Handle::File { file, ino, .. } = &*handle else {
-            return Err(FsError::ReadOnly(".fuse-ibd/status"));
-        };
+        let OpenFile {
+            file,
+            ino,
+            kind,
+            remote,
+        } = handle.open_file()?;
         let supported = [0, FALLOC_KEEP_SIZE, FALLOC_PUNCH_HOLE | FALLOC_KEEP_SIZE];
         if !supported.contains(&mode) {
             return Err(FsError::Unsupported("this fallocate mode"));
@@ -617,13 +995,20 @@ impl Datadir {
                 source: std::io::Error::from_raw_os_error(libc::EFBIG),
             });
         };
+        let punch = mode & FALLOC_PUNCH_HOLE != 0;
         // Punching a hole changes page contents: exclude readers of those pages.
-        let _pages = (mode & FALLOC_PUNCH_HOLE != 0).then(|| self.page_locks.write(*ino, offset, length));
+        let _pages = punch.then(|| self.page_locks.write(*ino, offset, length));
         // SAFETY: the fd is open for the lifetime of `handle`; fallocate has no memory arguments.
         cvt(
             unsafe { libc::fallocate(file.as_raw_fd(), mode, off, len) },
             "fallocate",
-        )
+        )?;
+        if let (true, Some(pages), Some(id)) = (punch && length > 0, &self.pages, remote) {
+            for block in offset / BLOCK..=(offset + length - 1) / BLOCK {
+                self.queue_block(pages, file, *kind, *id, block, None)?;
+            }
+        }
+        Ok(())
     }
 
     pub fn readdir(&self, ino: u64) -> FsResult<Vec<DirEntry>> {
@@ -683,6 +1068,19 @@ impl Datadir {
             self.started.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
             lock(&self.handles).len(),
         );
+        if let Some(wal) = &self.wal {
+            let _ = writeln!(
+                text,
+                "walsync_url={}\ntimeline={}\nterm={}",
+                wal.url(),
+                wal.timeline(),
+                wal.term()
+            );
+            let _ = writeln!(text, "wal_durable_lsn={}", wal.durable_lsn().unwrap_or(0));
+        }
+        if let Some(pages) = &self.pages {
+            text.push_str(&pages.status());
+        }
         if let Some(tail) = lock(&self.redo).values().find(|t| t.geometry().is_some()) {
             let g = tail.geometry().expect("checked");
             let _ = writeln!(

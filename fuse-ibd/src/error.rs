@@ -16,6 +16,8 @@ pub enum FsError {
     ReadOnly(&'static str),
     #[error("name contains a NUL byte")]
     BadName,
+    #[error("{op}: {message}")]
+    Remote { op: &'static str, message: String },
 }
 
 impl FsError {
@@ -31,6 +33,8 @@ impl FsError {
             FsError::Unsupported(_) => libc::EOPNOTSUPP,
             FsError::ReadOnly(_) => libc::EACCES,
             FsError::BadName => libc::EINVAL,
+            // The remote side failed for longer than the configured limit.
+            FsError::Remote { .. } => libc::EIO,
         }
     }
 }

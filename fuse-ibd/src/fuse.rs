@@ -125,6 +125,10 @@ impl Filesystem for FuseAdapter {
         Ok(())
     }
 
+    fn destroy(&mut self) {
+        self.core.shutdown();
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.answer("lookup", || self.core.lookup(parent.0, name)) {
             Ok(a) => reply.entry(&TTL, &fuse_attr(&a), Generation(0)),
@@ -299,14 +303,15 @@ impl Filesystem for FuseAdapter {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // close() is not a durability point for InnoDB; fsync is. Answering (not ENOSYS) keeps
-        // the kernel from concluding flush is unsupported.
-        let _ = self.answer("flush", || Ok(()));
-        reply.ok();
+        // Answering (never ENOSYS) keeps the kernel from concluding flush is unsupported.
+        match self.answer("flush", || self.core.flush(fh.0)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn release(

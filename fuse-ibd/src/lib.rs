@@ -14,5 +14,7 @@ pub mod kind;
 pub mod metrics;
 pub mod metrics_server;
 pub mod page_locks;
+pub mod page_ship;
 pub mod preflight;
 pub mod redo_tail;
+pub mod wal_ship;

@@ -5,14 +5,18 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use ebpf_probes::{KernelLatency, PidSource, ProbeConfig};
 use fuse_ibd::datadir::{Datadir, MountInfo};
 use fuse_ibd::fuse::{mount_config, FuseAdapter};
 use fuse_ibd::metrics::Metrics;
 use fuse_ibd::metrics_server::MetricsService;
+use fuse_ibd::page_ship::PageShipper;
 use fuse_ibd::preflight;
+use fuse_ibd::wal_ship::WalShipper;
 
 #[derive(Parser)]
 #[command(
@@ -45,6 +49,40 @@ struct MountArgs {
     /// FUSE request threads.
     #[arg(long, default_value_t = 8)]
     threads: usize,
+    /// pageserver URL: page and generic files are shipped there and their fsyncs wait for it.
+    #[arg(long, env = "PAGE_SERVER_URL", requires = "timeline")]
+    pageserver: Option<String>,
+    /// walsync URL: complete redo is shipped there and fsync of the log waits for it.
+    #[arg(long, env = "SAFEKEEPER_URL", requires = "timeline")]
+    walsync: Option<String>,
+    /// Timeline this mount writes (the mount acquires a new writer term for it).
+    #[arg(long)]
+    timeline: Option<String>,
+    /// Load the eBPF probes on this mount and export `fuse_ibd_kernel_latency_seconds` on
+    /// `/metrics` (needs root or CAP_BPF + CAP_PERFMON).
+    #[arg(long)]
+    ebpf: bool,
+    /// mariadbd's pid file, so the probes also trace its syscalls and io_uring requests (followed
+    /// across restarts).
+    #[arg(long, requires = "ebpf")]
+    ebpf_pid_file: Option<PathBuf>,
+    /// How long reads and fsyncs wait through an outage of a storage service before failing
+    /// with EIO (e.g. 60s, 500ms).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    remote_timeout: Duration,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a number with a unit (60s, 500ms)"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" | "" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{text:?}: unknown unit {unit:?} (use ms, s or m)")),
+    }
 }
 
 fn main() -> Result<()> {
@@ -54,6 +92,7 @@ fn main() -> Result<()> {
                 .unwrap_or_else(|_| "info,fuser=warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
         Cmd::Mount(args) => mount(args),
@@ -75,12 +114,32 @@ fn mount(args: MountArgs) -> Result<()> {
         datadir: datadir.clone(),
         cache_dir: cache_dir.clone(),
     };
-    let core = Arc::new(Datadir::new(cache_dir.join("tree"), info, metrics.clone())?);
-
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let mut core = Datadir::new(cache_dir.join("tree"), info, metrics.clone())?;
+    if let (Some(url), Some(timeline)) = (&args.walsync, &args.timeline) {
+        let client = ibd_api::walsync::WalsyncClient::new(url)?;
+        let shipper = runtime
+            .block_on(WalShipper::start(client, timeline, args.remote_timeout))
+            .with_context(|| format!("walsync at {url} is not usable (is it running?)"))?;
+        core = core.with_wal_shipper(shipper);
+    }
+    if let (Some(url), Some(timeline)) = (&args.pageserver, &args.timeline) {
+        let shipper = runtime
+            .block_on(PageShipper::start(
+                url,
+                timeline,
+                args.remote_timeout,
+                runtime.handle().clone(),
+            ))
+            .with_context(|| format!("pageserver at {url} is not usable (is it running?)"))?;
+        core = core
+            .with_page_shipper(shipper)
+            .context("cannot bring the timeline in line with the cache")?;
+    }
+    let core = Arc::new(core);
     if let Some(addr) = args.metrics {
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind(addr))
@@ -108,6 +167,23 @@ fn mount(args: MountArgs) -> Result<()> {
     )
     .with_context(|| format!("mounting {} failed", datadir.display()))?;
     tracing::info!(datadir = %datadir.display(), cache_dir = %cache_dir.display(), "mounted");
+    if args.ebpf {
+        // The probes filter on the mount's device, so they load once it exists.
+        let pids = args
+            .ebpf_pid_file
+            .clone()
+            .map_or(PidSource::None, PidSource::PidFile);
+        match KernelLatency::load(ProbeConfig::new(&datadir, pids)) {
+            Ok(probes) => {
+                for (source, status) in probes.sources() {
+                    tracing::info!(?source, ?status, "eBPF probe");
+                }
+                metrics.attach_kernel_latency(Arc::new(std::sync::Mutex::new(probes)));
+            }
+            // Latency attribution is an aid, not a reason to refuse serving the datadir.
+            Err(e) => tracing::error!(error = %e, "--ebpf: probes not loaded"),
+        }
+    }
 
     runtime.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -2,6 +2,11 @@
 //! I/O volume by file kind (recorded by the core). The same counters feed `.fuse-ibd/status`.
 
 use std::fmt::Write;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use ebpf_probes::{KernelLatency, KernelLatencyCollector};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -35,8 +40,27 @@ const KINDS: [FileKind; 4] = [
     FileKind::Scratch,
 ];
 
+/// `fuse_ibd_kernel_latency_seconds{source,op}` from the eBPF probes (`--ebpf`): registered at
+/// start-up, filled once the probes are loaded on the mounted datadir.
+#[derive(Debug, Default)]
+struct KernelLatencyExport {
+    probes: OnceLock<KernelLatencyCollector>,
+}
+
+impl Collector for KernelLatencyExport {
+    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        match self.probes.get() {
+            Some(collector) => collector.encode(encoder),
+            None => Ok(()),
+        }
+    }
+}
+
 pub struct Metrics {
+    /// Root registry: our metrics live under its `fuse_ibd` prefix; the kernel histograms carry
+    /// their full name.
     registry: Registry,
+    kernel_latency: Arc<KernelLatencyExport>,
     op_duration: Family<OpLabels, Histogram>,
     op_errors: Family<ErrorLabels, Counter>,
     reads: Family<KindLabels, Counter>,
@@ -52,7 +76,10 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("fuse_ibd");
+        let mut root = Registry::default();
+        let kernel_latency = Arc::new(KernelLatencyExport::default());
+        root.register_collector(Box::new(kernel_latency.clone()));
+        let registry = root.sub_registry_with_prefix("fuse_ibd");
         let op_duration = Family::<OpLabels, Histogram>::new_with_constructor(|| {
             // 1 us .. ~17 s
             Histogram::new(exponential_buckets(1e-6, 2.0, 25))
@@ -106,7 +133,8 @@ impl Default for Metrics {
             redo_mtrs.clone(),
         );
         Self {
-            registry,
+            registry: root,
+            kernel_latency,
             op_duration,
             op_errors,
             reads,
@@ -125,6 +153,14 @@ impl Default for Metrics {
 impl Metrics {
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// Exports the probes' histograms from now on (`--ebpf`).
+    pub fn attach_kernel_latency(&self, probes: Arc<Mutex<KernelLatency>>) {
+        let _ = self
+            .kernel_latency
+            .probes
+            .set(KernelLatencyCollector::new(probes));
     }
 
     pub fn record_op(&self, op: &'static str, seconds: f64, errno: Option<i32>) {

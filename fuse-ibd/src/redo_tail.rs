@@ -77,6 +77,19 @@ impl RedoTailer {
         self.checkpoint
     }
 
+    /// Makes the next write ship again from `lsn` (which must still be in the circular file):
+    /// after an unclean stop, walsync may hold less than the local log.
+    pub fn rewind_to(&mut self, lsn: Lsn) -> bool {
+        let (Some(g), Some(complete)) = (self.geometry, self.complete_lsn) else {
+            return false;
+        };
+        if lsn < g.first_lsn || lsn > complete || complete - lsn >= g.capacity() {
+            return false;
+        }
+        self.complete_lsn = Some(lsn);
+        true
+    }
+
     /// Called after `[offset, offset + len)` of the log `file` was written.
     pub fn on_write(&mut self, file: &File, offset: u64, len: u64) -> Result<Vec<RedoEvent>, TailError> {
         let mut events = Vec::new();
@@ -132,6 +145,16 @@ impl RedoTailer {
             geometry,
             creator: header.creator.clone(),
         });
+    }
+
+    /// Reports the complete mtrs already in the file from `complete_lsn` up to `upto` (after a
+    /// rewind: the WAL service must get them before the next fsync, even if no write comes first).
+    pub fn catch_up(&mut self, file: &File, upto: Lsn) -> Result<Vec<RedoEvent>, TailError> {
+        let mut events = Vec::new();
+        if let Some(g) = self.geometry {
+            self.scan(file, g.offset(upto), &mut events)?;
+        }
+        Ok(events)
     }
 
     /// Scans complete mtrs from `complete_lsn` up to the LSN the write ending at file offset

@@ -79,11 +79,20 @@ pub mod prereq {
     }
 }
 
+/// A private tmpdir for the server of `datadir`: a starting server deletes every `#sql*` file in
+/// its tmpdir, which would destroy the temporary tables of another server sharing `/tmp`.
+fn private_tmpdir(datadir: &Path) -> Result<String> {
+    let dir = datadir.with_extension("tmp");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(format!("--tmpdir={}", dir.display()))
+}
+
 /// Creates a fresh datadir with `mariadb-install-db` (no test db, root by password-less socket).
 pub fn install_db(datadir: &Path, server_args: &[&str]) -> Result<()> {
     let mut cmd = Command::new("mariadb-install-db");
     cmd.arg("--no-defaults")
         .arg(format!("--datadir={}", datadir.display()))
+        .arg(private_tmpdir(datadir)?)
         .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
         .args(user_arg())
         .args(server_args);
@@ -142,6 +151,7 @@ impl MariaDb {
             .arg(format!("--socket={}", socket.display()))
             .arg(format!("--log-error={}", error_log.display()))
             .arg(format!("--pid-file={}", base.with_extension("pid").display()))
+            .arg(private_tmpdir(datadir)?)
             .args([
                 "--skip-networking",
                 "--innodb-buffer-pool-size=64M",
@@ -322,6 +332,11 @@ pub struct FuseIbd {
 
 impl FuseIbd {
     pub fn mount(mountpoint: &Path, cache_dir: &Path) -> Result<Self> {
+        Self::mount_with(mountpoint, cache_dir, &[])
+    }
+
+    /// Mounts with extra `fuse-ibd mount` arguments (`--walsync`, `--timeline`, ...).
+    pub fn mount_with(mountpoint: &Path, cache_dir: &Path, args: &[&str]) -> Result<Self> {
         std::fs::create_dir_all(mountpoint)?;
         let log = cache_dir.with_extension("fuse-ibd.log");
         let child = Command::new(workspace_binary("fuse-ibd"))
@@ -330,6 +345,7 @@ impl FuseIbd {
             .arg(mountpoint)
             .arg("--cache-dir")
             .arg(cache_dir)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
@@ -421,5 +437,78 @@ impl Drop for FuseIbd {
             }
         }
         self.kill_now();
+    }
+}
+
+/// A running service binary of this workspace (`walsync`, `pageserver-lite`) on an ephemeral
+/// loopback port; SIGKILLed on drop.
+pub struct Service {
+    child: Option<Child>,
+    pub url: String,
+    pub log: PathBuf,
+}
+
+impl Service {
+    /// Starts `binary --listen 127.0.0.1:0 --data-dir <data_dir> --addr-file <f>` and waits for
+    /// the address it bound.
+    pub fn start(binary: &str, data_dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(data_dir)?;
+        let addr_file = data_dir.with_extension("addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let log = data_dir.with_extension("log");
+        let child = Command::new(workspace_binary(binary))
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .arg("--addr-file")
+            .arg(&addr_file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("spawning {binary}"))?;
+        let mut service = Self {
+            child: Some(child),
+            url: String::new(),
+            log,
+        };
+        let started = Instant::now();
+        loop {
+            if let Ok(addr) = std::fs::read_to_string(&addr_file) {
+                if !addr.trim().is_empty() {
+                    service.url = format!("http://{}", addr.trim());
+                    return Ok(service);
+                }
+            }
+            if let Some(status) = service.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                service.child = None;
+                bail!(
+                    "{binary} exited with {status}:\n{}",
+                    std::fs::read_to_string(&service.log).unwrap_or_default()
+                );
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                bail!("{binary} did not start listening within 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `signal` (SIGSTOP to freeze it as an unresponsive server, SIGCONT to thaw it).
+    pub fn signal(&self, signal: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: signalling our own child process.
+            unsafe { libc::kill(child.id() as i32, signal) };
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: signalling our own child process; SIGCONT first so a stopped one can die.
+            unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }

@@ -1,0 +1,484 @@
+//! Page shipping: the namespace and every block written to page and generic files go to the
+//! pageserver; an `fsync` of such a file returns once everything written before it is durable
+//! there (DESIGN.md invariant 2).
+//!
+//! Writes never wait for the network: each dirtied block gets a ticket (a global, increasing
+//! number) and joins the queue; a newer write of a block still queued replaces its image and
+//! ticket. One background task uploads the queue in ticket order, one batch at a time, so the
+//! pageserver's sequence numbers follow the order of the writes. An fsync waits until every ticket
+//! issued before it is acknowledged, retrying through an outage for up to the configured limit.
+
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ibd_api::pageserver::{
+    CreateFileRequest, CreateTimelineRequest, FileInfo, FileKind as WireKind, PageUpload, PageserverClient,
+    RecordMarkerRequest, UpdateFileRequest,
+};
+use ibd_api::{ClientError, RetryPolicy};
+use ibd_format::redo::{Checkpoint, Lsn};
+use tokio::sync::Notify;
+
+use crate::kind::FileKind;
+
+/// Largest upload batch (64 pages = 1 MiB).
+const BATCH_PAGES: usize = 64;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PageShipError {
+    #[error("the pageserver did not make the writes before this fsync durable within {0:?}")]
+    Timeout(Duration),
+    #[error("page shipping failed: {0}")]
+    Failed(String),
+    #[error("pageserver namespace: {0}")]
+    Namespace(String),
+}
+
+struct QueuedBlock {
+    file: u64,
+    block: u64,
+    lsn: u64,
+    image: Bytes,
+}
+
+#[derive(Default)]
+struct UploadQueue {
+    last_ticket: u64,
+    /// Waiting to be uploaded, in ticket order; `by_block` finds a block's entry to replace it.
+    pending: BTreeMap<u64, QueuedBlock>,
+    by_block: HashMap<(u64, u64), u64>,
+    /// Tickets pending or in flight: everything below the first is durable.
+    outstanding: BTreeSet<u64>,
+    /// Newest pageserver sequence number acknowledged.
+    last_seq: u64,
+    fatal: Option<String>,
+}
+
+impl UploadQueue {
+    /// Every ticket up to this one is durable.
+    fn durable_ticket(&self) -> u64 {
+        self.outstanding
+            .first()
+            .map_or(self.last_ticket, |first| first - 1)
+    }
+
+    /// Queues a block under a new ticket; a still-queued older image of the block is replaced
+    /// (its ticket is covered by the new one, whose upload carries newer data).
+    fn enqueue(&mut self, block: QueuedBlock) -> u64 {
+        self.last_ticket += 1;
+        let ticket = self.last_ticket;
+        if let Some(old) = self.by_block.insert((block.file, block.block), ticket) {
+            self.pending.remove(&old);
+            self.outstanding.remove(&old);
+        }
+        self.pending.insert(ticket, block);
+        self.outstanding.insert(ticket);
+        ticket
+    }
+
+    /// The next batch to upload, in ticket order; its tickets stay outstanding until acknowledged.
+    fn take_batch(&mut self) -> Vec<(u64, QueuedBlock)> {
+        let tickets: Vec<u64> = self.pending.keys().take(BATCH_PAGES).copied().collect();
+        tickets
+            .into_iter()
+            .map(|t| {
+                let block = self.pending.remove(&t).expect("listed");
+                self.by_block.remove(&(block.file, block.block));
+                (t, block)
+            })
+            .collect()
+    }
+}
+
+struct Shared {
+    queue: Mutex<UploadQueue>,
+    changed: Condvar,
+    work: Notify,
+}
+
+impl Shared {
+    fn queue(&self) -> MutexGuard<'_, UploadQueue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The mount's connection to the pageserver for one timeline.
+pub struct PageShipper {
+    client: PageserverClient,
+    runtime: tokio::runtime::Handle,
+    timeline: String,
+    term: u64,
+    limit: Duration,
+    shared: Arc<Shared>,
+    /// The timeline's namespace as this writer knows it: relative path -> file.
+    files: Mutex<HashMap<String, FileInfo>>,
+}
+
+fn wire_kind(kind: FileKind) -> WireKind {
+    match kind {
+        FileKind::Page => WireKind::Page,
+        FileKind::Redo => WireKind::Redo,
+        FileKind::Scratch => WireKind::Scratch,
+        FileKind::Generic => WireKind::Generic,
+    }
+}
+
+fn namespace_error(e: ClientError) -> PageShipError {
+    PageShipError::Namespace(e.to_string())
+}
+
+impl PageShipper {
+    /// Creates the timeline if needed, acquires a new writer term (fencing older writers), loads
+    /// the namespace and starts the uploader on `runtime`.
+    pub async fn start(
+        url: &str,
+        timeline: &str,
+        limit: Duration,
+        runtime: tokio::runtime::Handle,
+    ) -> Result<Self, ClientError> {
+        // Start-up fails fast with the client's short retries; later calls retry for `limit`.
+        let quick = PageserverClient::new(url)?;
+        let req = CreateTimelineRequest {
+            id: timeline.to_string(),
+            ..Default::default()
+        };
+        if let Err(e) = quick.create_timeline(&req).await {
+            if e.code() != Some("timeline_exists") {
+                return Err(e);
+            }
+        }
+        let term = quick.acquire_term(timeline, None).await?.term;
+        let files = quick.list_files(timeline, Default::default()).await?;
+        let client = PageserverClient::with_retry(url, RetryPolicy::for_duration(limit))?;
+        let shared = Arc::new(Shared {
+            queue: Mutex::default(),
+            changed: Condvar::new(),
+            work: Notify::new(),
+        });
+        let uploader = Uploader {
+            client: client.clone(),
+            timeline: timeline.to_string(),
+            term,
+            shared: shared.clone(),
+        };
+        runtime.spawn(uploader.run());
+        tracing::info!(%timeline, term, files = files.len(), "shipping pages to the pageserver");
+        Ok(Self {
+            client,
+            runtime,
+            timeline: timeline.to_string(),
+            term,
+            limit,
+            shared,
+            files: Mutex::new(files.into_iter().map(|f| (f.path.clone(), f)).collect()),
+        })
+    }
+
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+
+    fn files(&self) -> MutexGuard<'_, HashMap<String, FileInfo>> {
+        self.files.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The remote file for `path`, if the timeline has it.
+    pub fn file(&self, path: &str) -> Option<FileInfo> {
+        self.files().get(path).cloned()
+    }
+
+    /// Every file the timeline has (to find files missing locally).
+    pub fn all_files(&self) -> Vec<FileInfo> {
+        self.files().values().cloned().collect()
+    }
+
+    /// Registers a new file of the namespace and returns its id.
+    pub fn create(&self, path: &str, kind: FileKind, size: u64) -> Result<u64, PageShipError> {
+        let req = CreateFileRequest {
+            term: self.term,
+            path: path.to_string(),
+            kind: wire_kind(kind),
+            size,
+            space_id: None,
+        };
+        let info = self
+            .runtime
+            .block_on(self.client.create_file(&self.timeline, &req))
+            .map_err(namespace_error)?;
+        let id = info.id;
+        self.files().insert(path.to_string(), info);
+        Ok(id)
+    }
+
+    fn update(&self, path: &str, req: UpdateFileRequest) -> Result<(), PageShipError> {
+        let Some(id) = self.file(path).map(|f| f.id) else {
+            return Ok(());
+        };
+        let info = self
+            .runtime
+            .block_on(self.client.update_file(&self.timeline, id, &req))
+            .map_err(namespace_error)?;
+        self.files().insert(info.path.clone(), info);
+        Ok(())
+    }
+
+    /// Renames a file, or every file under a renamed directory.
+    pub fn rename(&self, from: &str, to: &str) -> Result<(), PageShipError> {
+        let prefix = format!("{from}/");
+        let moved: Vec<String> = self
+            .files()
+            .keys()
+            .filter(|p| *p == from || p.starts_with(&prefix))
+            .cloned()
+            .collect();
+        for old in moved {
+            let new = format!("{to}{}", &old[from.len()..]);
+            let req = UpdateFileRequest {
+                term: self.term,
+                path: Some(new),
+                ..Default::default()
+            };
+            self.update(&old, req)?;
+            self.files().remove(&old);
+        }
+        Ok(())
+    }
+
+    /// Unlinks a file; its queued uploads are made durable first, so none arrives for a file the
+    /// pageserver no longer has.
+    pub fn unlink(&self, path: &str) -> Result<(), PageShipError> {
+        let Some(id) = self.file(path).map(|f| f.id) else {
+            return Ok(());
+        };
+        self.wait_durable(self.current_ticket())?;
+        self.runtime
+            .block_on(self.client.unlink_file(&self.timeline, id, self.term))
+            .map_err(namespace_error)?;
+        self.files().remove(path);
+        Ok(())
+    }
+
+    fn path_of(&self, id: u64) -> Option<FileInfo> {
+        self.files().values().find(|f| f.id == id).cloned()
+    }
+
+    /// Tells the pageserver a file's size (after truncate, extension, or at fsync) if it changed.
+    pub fn set_size(&self, id: u64, size: u64) -> Result<(), PageShipError> {
+        let Some(file) = self.path_of(id).filter(|f| f.size != size) else {
+            return Ok(());
+        };
+        self.update(
+            &file.path,
+            UpdateFileRequest {
+                term: self.term,
+                size: Some(size),
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Records the InnoDB space id of a page file once it is known (page 0 written).
+    pub fn set_space_id(&self, id: u64, space_id: u32) -> Result<(), PageShipError> {
+        let Some(file) = self.path_of(id).filter(|f| f.space_id.is_none()) else {
+            return Ok(());
+        };
+        self.update(
+            &file.path,
+            UpdateFileRequest {
+                term: self.term,
+                space_id: Some(space_id),
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Queues a block image (the whole block as it is now); never blocks on the network.
+    pub fn dirty(&self, file: u64, block: u64, lsn: u64, image: Bytes) {
+        self.shared.queue().enqueue(QueuedBlock {
+            file,
+            block,
+            lsn,
+            image,
+        });
+        self.shared.work.notify_one();
+    }
+
+    /// The newest ticket: an fsync now must wait for it.
+    pub fn current_ticket(&self) -> u64 {
+        self.shared.queue().last_ticket
+    }
+
+    /// Blocks until every block queued up to `ticket` is durable on the pageserver.
+    pub fn wait_durable(&self, ticket: u64) -> Result<(), PageShipError> {
+        let deadline = Instant::now() + self.limit;
+        let mut q = self.shared.queue();
+        loop {
+            if let Some(fatal) = &q.fatal {
+                return Err(PageShipError::Failed(fatal.clone()));
+            }
+            if q.durable_ticket() >= ticket {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(PageShipError::Timeout(self.limit));
+            }
+            q = self
+                .shared
+                .changed
+                .wait_timeout(q, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Records a checkpoint marker (DESIGN.md invariant 8) for a checkpoint block just written,
+    /// pinned to the page versions durable now. InnoDB fsyncs the data files before writing a
+    /// checkpoint, so every page older than the checkpoint is among them.
+    pub fn record_checkpoint(&self, checkpoint: Checkpoint, log_end_lsn: Lsn) {
+        let q = self.shared.queue();
+        if q.durable_ticket() < q.last_ticket {
+            tracing::warn!(
+                checkpoint_lsn = checkpoint.checkpoint_lsn,
+                "checkpoint written while page uploads were queued (flush method without fsync?): \
+                 the marker may include pages newer than the checkpoint"
+            );
+        }
+        let req = RecordMarkerRequest {
+            term: self.term,
+            checkpoint_lsn: checkpoint.checkpoint_lsn,
+            checkpoint_end_lsn: checkpoint.end_lsn,
+            log_end_lsn_at_write: log_end_lsn,
+            page_store_seq: Some(q.last_seq),
+        };
+        drop(q);
+        let (client, timeline) = (self.client.clone(), self.timeline.clone());
+        self.runtime.spawn(async move {
+            if let Err(e) = client.record_marker(&timeline, &req).await {
+                tracing::error!(error = %e, checkpoint_lsn = req.checkpoint_lsn, "recording a checkpoint marker failed");
+            }
+        });
+    }
+
+    /// Status lines for `.fuse-ibd/status`.
+    pub fn status(&self) -> String {
+        let q = self.shared.queue();
+        format!(
+            "pageserver_url={}\npage_term={}\nupload_queue={}\npage_store_seq={}\n",
+            self.client.http().base_url(),
+            self.term,
+            q.outstanding.len(),
+            q.last_seq
+        )
+    }
+}
+
+struct Uploader {
+    client: PageserverClient,
+    timeline: String,
+    term: u64,
+    shared: Arc<Shared>,
+}
+
+impl Uploader {
+    async fn run(self) {
+        loop {
+            let batch = self.shared.queue().take_batch();
+            if batch.is_empty() {
+                self.shared.work.notified().await;
+                continue;
+            }
+            let uploads: Vec<PageUpload> = batch
+                .iter()
+                .map(|(_, b)| PageUpload::new(b.file, b.block, b.lsn, b.image.clone()))
+                .collect();
+            match self.client.put_pages(&self.timeline, self.term, &uploads).await {
+                Ok(acked) => {
+                    let mut q = self.shared.queue();
+                    for (ticket, _) in &batch {
+                        q.outstanding.remove(ticket);
+                    }
+                    q.last_seq = q.last_seq.max(acked.last_seq);
+                }
+                Err(e) if e.status().is_some_and(|s| s.is_client_error()) => {
+                    // Refused (a newer writer's term, a bad upload): retrying cannot help.
+                    tracing::error!(timeline = %self.timeline, error = %e, "page uploads refused: fsyncs of data files will fail");
+                    self.shared.queue().fatal = Some(e.to_string());
+                    self.shared.changed.notify_all();
+                    return;
+                }
+                Err(e) => {
+                    // Still unreachable after the retry window: put the blocks back (unless a newer
+                    // write replaced them) and keep trying; waiting fsyncs fail by their deadline.
+                    tracing::warn!(timeline = %self.timeline, error = %e, "page uploads failing; retrying");
+                    {
+                        let mut guard = self.shared.queue();
+                        let q = &mut *guard;
+                        for (ticket, block) in batch {
+                            match q.by_block.entry((block.file, block.block)) {
+                                Entry::Vacant(slot) => {
+                                    slot.insert(ticket);
+                                    q.pending.insert(ticket, block);
+                                }
+                                Entry::Occupied(_) => {
+                                    q.outstanding.remove(&ticket);
+                                }
+                            }
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            self.shared.changed.notify_all();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block(file: u64, block: u64, fill: u8) -> QueuedBlock {
+        QueuedBlock {
+            file,
+            block,
+            lsn: 0,
+            image: Bytes::from(vec![fill; 4]),
+        }
+    }
+
+    #[test]
+    fn a_rewrite_replaces_the_queued_image_and_durability_follows_acknowledgements() {
+        let mut q = UploadQueue::default();
+        let a1 = q.enqueue(block(1, 0, 1));
+        let b = q.enqueue(block(1, 1, 2));
+        let a2 = q.enqueue(block(1, 0, 3));
+        assert_eq!((a1, b, a2), (1, 2, 3));
+        assert_eq!(
+            q.durable_ticket(),
+            1,
+            "ticket 1 is covered by ticket 3, which is not durable yet"
+        );
+        assert_eq!(q.pending.len(), 2, "one image per block");
+
+        let batch = q.take_batch();
+        let order: Vec<(u64, u8)> = batch.iter().map(|(t, b)| (*t, b.image[0])).collect();
+        assert_eq!(
+            order,
+            vec![(2, 2), (3, 3)],
+            "uploaded in ticket order, newest image of block 0"
+        );
+        // A write while the batch is in flight queues again: the in-flight image may predate it.
+        let a3 = q.enqueue(block(1, 0, 4));
+        q.outstanding.remove(&2);
+        assert_eq!(q.durable_ticket(), 2);
+        q.outstanding.remove(&3);
+        assert_eq!(q.durable_ticket(), a3 - 1);
+        assert_eq!(q.take_batch().len(), 1);
+        q.outstanding.remove(&a3);
+        assert_eq!(q.durable_ticket(), a3);
+    }
+}

@@ -1,0 +1,174 @@
+//! fuse-ibd ships every page and file block to a real pageserver, an fsync of a data file
+//! returns only once the pageserver has it (DESIGN.md invariant 2), and checkpoints leave markers
+//! (invariant 8).
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ibd_api::pageserver::{FileKind, PageAddr, PageserverClient, ReadAt, ReadPagesRequest};
+use ibd_e2e::{install_db, prereq, FuseIbd, MariaDb, Service};
+
+const SERVER_ARGS: &[&str] = &["--innodb-flush-neighbors=0", "--innodb-log-file-size=16M"];
+const TIMELINE: &str = "main";
+const BLOCK: u64 = 16384;
+
+/// Every page and generic file on the pageserver has the local file's size and exact content.
+fn assert_pageserver_matches_local(rt: &tokio::runtime::Runtime, ps: &PageserverClient, mnt: &Path) -> usize {
+    let files = rt.block_on(ps.list_files(TIMELINE, ReadAt::Latest)).unwrap();
+    let mut checked = 0;
+    for f in files
+        .iter()
+        .filter(|f| matches!(f.kind, FileKind::Page | FileKind::Generic))
+    {
+        let local = std::fs::read(mnt.join(&f.path)).unwrap_or_else(|e| panic!("{}: {e}", f.path));
+        assert_eq!(f.size, local.len() as u64, "{}: size", f.path);
+        let blocks: Vec<PageAddr> = (0..f.size.div_ceil(BLOCK))
+            .map(|block| PageAddr::File { file: f.id, block })
+            .collect();
+        for chunk in blocks.chunks(64) {
+            let req = ReadPagesRequest {
+                at: ReadAt::Latest,
+                pages: chunk.to_vec(),
+            };
+            for (addr, page) in chunk
+                .iter()
+                .zip(rt.block_on(ps.read_pages(TIMELINE, &req)).unwrap())
+            {
+                let PageAddr::File { block, .. } = addr else {
+                    unreachable!()
+                };
+                let start = (block * BLOCK) as usize;
+                let want = &local[start..(start + BLOCK as usize).min(local.len())];
+                let got = &page.image[..want.len()];
+                assert!(
+                    got == want,
+                    "{} block {block} differs from the local file",
+                    f.path
+                );
+            }
+        }
+        checked += 1;
+    }
+    checked
+}
+
+#[test]
+fn pages_reach_the_pageserver_and_data_fsync_waits_for_it() {
+    let test = "pages_reach_the_pageserver_and_data_fsync_waits_for_it";
+    if !(prereq::require_fuse(test) && prereq::require_mariadb(test)) {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let pageserver = Service::start("pageserver-lite", &root.path().join("pageserver")).unwrap();
+    let walsync = Service::start("walsync", &root.path().join("walsync")).unwrap();
+    let (mnt, cache) = (root.path().join("datadir"), root.path().join("cache"));
+    let args = [
+        "--pageserver",
+        &pageserver.url,
+        "--walsync",
+        &walsync.url,
+        "--timeline",
+        TIMELINE,
+    ];
+    let fuse = FuseIbd::mount_with(&mnt, &cache, &args).unwrap();
+    install_db(&mnt, SERVER_ARGS).unwrap();
+    let db = MariaDb::start(&mnt, SERVER_ARGS).unwrap();
+    db.sql(
+        "CREATE DATABASE w; CREATE TABLE w.t (id INT PRIMARY KEY, v VARCHAR(100)) ENGINE=InnoDB;
+         INSERT INTO w.t SELECT seq, CONCAT('row-', seq) FROM seq_1_to_20000;
+         CREATE TABLE w.gone (id INT) ENGINE=InnoDB; DROP TABLE w.gone;
+         CREATE TABLE w.old (id INT) ENGINE=InnoDB; RENAME TABLE w.old TO w.new;",
+    )
+    .unwrap();
+    // A clean shutdown flushes every page and fsyncs every data file: all of it must be remote.
+    db.shutdown().unwrap();
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ps = PageserverClient::new(&pageserver.url).unwrap();
+    let checked = assert_pageserver_matches_local(&rt, &ps, &mnt);
+    assert!(checked >= 10, "only {checked} files shipped");
+    let files = rt.block_on(ps.list_files(TIMELINE, ReadAt::Latest)).unwrap();
+    let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+    assert!(
+        paths.contains(&"w/t.ibd") && paths.contains(&"w/new.ibd") && paths.contains(&"w/t.frm"),
+        "{paths:?}"
+    );
+    assert!(
+        !paths
+            .iter()
+            .any(|p| p.starts_with("w/gone") || p.starts_with("w/old")),
+        "{paths:?}"
+    );
+    let t = files.iter().find(|f| f.path == "w/t.ibd").unwrap();
+    assert!(
+        t.space_id.is_some_and(|s| s > 0),
+        "the space id of w/t.ibd was recorded"
+    );
+    assert!(files.iter().find(|f| f.path == "ibdata1").unwrap().space_id == Some(0));
+
+    // Checkpoints left markers, the newest pinned to page versions that exist.
+    let markers = rt.block_on(ps.list_markers(TIMELINE)).unwrap();
+    let newest = markers
+        .iter()
+        .max_by_key(|m| m.checkpoint_lsn)
+        .expect("checkpoint markers");
+    assert!(newest.page_store_seq > 0 && newest.log_end_lsn_at_write >= newest.checkpoint_end_lsn);
+
+    // Invariant 2: while the pageserver cannot answer, an fsync of a written page does not return.
+    // Everything but the data itself reaches the pageserver first (the file, its size): during the
+    // outage only an overwrite of block 1 and its fsync happen, and only durability can hold them.
+    let path = mnt.join("w").join("probe.ibd");
+    let file = std::fs::File::options()
+        .create_new(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    file.write_all_at(&[0x11; BLOCK as usize], BLOCK).unwrap();
+    file.sync_data().unwrap();
+    pageserver.signal(libc::SIGSTOP);
+    let fsynced = std::thread::spawn(move || {
+        file.write_all_at(&[0xA5; BLOCK as usize], BLOCK).unwrap();
+        file.sync_data().unwrap();
+        Instant::now()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !fsynced.is_finished(),
+        "fsync returned before the pageserver had the page"
+    );
+    let thawed = Instant::now();
+    pageserver.signal(libc::SIGCONT);
+    assert!(fsynced.join().unwrap() >= thawed);
+    let probe = rt
+        .block_on(ps.list_files(TIMELINE, ReadAt::Latest))
+        .unwrap()
+        .into_iter()
+        .find(|f| f.path == "w/probe.ibd")
+        .expect("the new file is registered");
+    let page = rt
+        .block_on(ps.get_page(
+            TIMELINE,
+            PageAddr::File {
+                file: probe.id,
+                block: 1,
+            },
+            ReadAt::Latest,
+        ))
+        .unwrap();
+    assert!(page.found && page.image.iter().all(|&b| b == 0xA5));
+    std::fs::remove_file(mnt.join("w").join("probe.ibd")).unwrap();
+
+    // A clean unmount and a remount of the same cache: the server finds its data.
+    fuse.unmount().unwrap();
+    let fuse = FuseIbd::mount_with(&mnt, &cache, &args).unwrap();
+    let db = MariaDb::start(&mnt, SERVER_ARGS).unwrap();
+    assert_eq!(db.value("SELECT COUNT(*) FROM w.t").unwrap(), "20000");
+    db.shutdown().unwrap();
+    assert_pageserver_matches_local(&rt, &ps, &mnt);
+    fuse.unmount().unwrap();
+}
