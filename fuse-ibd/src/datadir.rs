@@ -155,6 +155,8 @@ pub struct Datadir {
     wal: Option<WalShipper>,
     /// Where page and generic files go; `None` keeps them local only.
     pages: Option<PageShipper>,
+    /// A fresh node's blocks not fetched yet, by pageserver file id.
+    absent: Mutex<HashMap<u64, BlockSet>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -182,6 +184,52 @@ fn cvt(ret: libc::c_int, op: &'static str) -> FsResult<()> {
 
 /// Shipping granularity: a page of page files, a block of generic files.
 const BLOCK: u64 = ibd_format::page::PAGE_SIZE as u64;
+
+/// Block numbers of one file, as a bitmap: the blocks a fresh node has not fetched yet.
+#[derive(Debug, Clone, Default)]
+struct BlockSet {
+    words: Vec<u64>,
+    count: usize,
+}
+
+impl BlockSet {
+    fn all(blocks: u64) -> Self {
+        let mut words = vec![u64::MAX; blocks.div_ceil(64) as usize];
+        if blocks % 64 != 0 {
+            *words.last_mut().expect("non-empty") = (1u64 << (blocks % 64)) - 1;
+        }
+        Self {
+            words,
+            count: blocks as usize,
+        }
+    }
+
+    fn contains(&self, block: u64) -> bool {
+        self.words
+            .get((block / 64) as usize)
+            .is_some_and(|w| w & (1 << (block % 64)) != 0)
+    }
+
+    fn remove(&mut self, block: u64) {
+        if let Some(w) = self.words.get_mut((block / 64) as usize) {
+            if *w & (1 << (block % 64)) != 0 {
+                *w &= !(1 << (block % 64));
+                self.count -= 1;
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Forgets every block from `blocks` on (the file was truncated to that many blocks).
+    fn truncate(&mut self, blocks: u64) {
+        for b in blocks..self.words.len() as u64 * 64 {
+            self.remove(b);
+        }
+    }
+}
 
 /// Reads into `buf` from `offset` until it is full or the file ends; returns the bytes read.
 fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
@@ -285,6 +333,7 @@ impl Datadir {
             redo: Mutex::new(HashMap::new()),
             wal: None,
             pages: None,
+            absent: Mutex::new(HashMap::new()),
         })
     }
 
@@ -311,6 +360,16 @@ impl Datadir {
         let _ = fs::remove_file(self.clean_marker());
         let mut local = Vec::new();
         walk_files(&self.backing, &self.backing, &mut local).map_err(FsError::io("scan the cache"))?;
+        let shipped_kind = |p: &str| {
+            matches!(
+                FileKind::of(std::path::Path::new(p).file_name().unwrap_or_default()),
+                FileKind::Page | FileKind::Generic
+            )
+        };
+        let hydrating = self.hydrating_marker().exists();
+        if hydrating || (!local.iter().any(|(p, _)| shipped_kind(p)) && !pages.all_files().is_empty()) {
+            return self.materialize(pages, hydrating);
+        }
         let remote = |e: crate::page_ship::PageShipError| FsError::Remote {
             op: "reconcile with the pageserver",
             message: e.to_string(),
@@ -325,7 +384,7 @@ impl Datadir {
             return Err(FsError::Remote {
                 op: "mount",
                 message: format!(
-                    "the timeline has {} file(s) this cache lacks (e.g. {}): mounting onto an empty cache (a fresh node) is not supported yet",
+                    "the timeline has {} file(s) this cache lacks (e.g. {}): mount a fresh node on an empty --cache-dir",
                     missing.len(),
                     missing[0]
                 ),
@@ -352,6 +411,148 @@ impl Datadir {
         }
         let ticket = pages.current_ticket();
         pages.wait_durable(ticket).map_err(remote)
+    }
+
+    /// Marker of a cache that does not hold every block yet (a fresh node): its holes may be
+    /// blocks still on the pageserver, so a mount finding it after a daemon crash starts over.
+    fn hydrating_marker(&self) -> PathBuf {
+        self.info.cache_dir.join("hydrating")
+    }
+
+    /// A fresh node: every file of the timeline as a sparse local file whose blocks are fetched
+    /// on first use, and `ib_logfile0` synthesized from walsync (header with the timeline's
+    /// geometry, its latest checkpoint, the durable WAL from there): MariaDB's own crash recovery
+    /// then brings the datadir to walsync's durable LSN.
+    fn materialize(&self, pages: &PageShipper, restart: bool) -> FsResult<()> {
+        if restart {
+            tracing::warn!("an earlier fresh-node mount did not finish hydrating: starting over from the storage services");
+            fs::remove_dir_all(&self.backing).map_err(FsError::io("wipe the cache"))?;
+            fs::DirBuilder::new()
+                .mode(0o755)
+                .create(&self.backing)
+                .map_err(FsError::io("create backing tree"))?;
+        }
+        File::create(self.hydrating_marker()).map_err(FsError::io("mark the cache as hydrating"))?;
+        let mut absent = lock(&self.absent);
+        let mut files = 0;
+        for f in pages.all_files() {
+            if !matches!(
+                f.kind,
+                ibd_api::pageserver::FileKind::Page | ibd_api::pageserver::FileKind::Generic
+            ) {
+                continue;
+            }
+            let path = self.backing.join(&f.path);
+            if let Some(dir) = path.parent() {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(FsError::io("create directory"))?;
+            }
+            let file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o660)
+                .open(&path)
+                .map_err(FsError::io("create file"))?;
+            file.set_len(f.size).map_err(FsError::io("size file"))?;
+            absent.insert(f.id, BlockSet::all(f.size.div_ceil(BLOCK)));
+            files += 1;
+        }
+        drop(absent);
+        let Some(wal) = &self.wal else {
+            tracing::warn!(
+                "fresh node without --walsync: the datadir has no redo log and MariaDB will not start"
+            );
+            return Ok(());
+        };
+        let log = wal.recovery_log().map_err(|e| FsError::Remote {
+            op: "fresh node",
+            message: e.to_string(),
+        })?;
+        let Some(log) = log else { return Ok(()) };
+        let end = log.end_lsn();
+        let extents = log.extents().map_err(|e| FsError::Remote {
+            op: "synthesize ib_logfile0",
+            message: e.to_string(),
+        })?;
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o660)
+            .open(self.backing.join("ib_logfile0"))
+            .map_err(FsError::io("create ib_logfile0"))?;
+        file.set_len(log.geometry.file_size)
+            .map_err(FsError::io("size ib_logfile0"))?;
+        for (offset, bytes) in extents {
+            file.write_all_at(&bytes, offset)
+                .map_err(FsError::io("write ib_logfile0"))?;
+        }
+        file.sync_all().map_err(FsError::io("sync ib_logfile0"))?;
+        tracing::info!(
+            files,
+            checkpoint_lsn = log.checkpoint.checkpoint_lsn,
+            end_lsn = end,
+            "fresh node: files materialized (pages come from the pageserver on first use), ib_logfile0 synthesized"
+        );
+        Ok(())
+    }
+
+    /// Fetches the blocks of `[offset, offset + len)` that a fresh node does not hold yet, except
+    /// those lying wholly inside `overwritten` (about to be replaced). Holds the pages' lock while
+    /// installing and re-checks under it, so a concurrent write is never replaced by older data.
+    fn hydrate(
+        &self,
+        id: u64,
+        file: &File,
+        ino: u64,
+        offset: u64,
+        len: u64,
+        overwritten: Option<(u64, u64)>,
+    ) -> FsResult<()> {
+        let Some(pages) = &self.pages else { return Ok(()) };
+        let (first, last) = (offset / BLOCK, (offset + len.max(1) - 1) / BLOCK);
+        let wanted = |absent: &HashMap<u64, BlockSet>| -> Vec<u64> {
+            let Some(set) = absent.get(&id) else {
+                return Vec::new();
+            };
+            (first..=last)
+                .filter(|&b| set.contains(b))
+                .filter(|&b| overwritten.is_none_or(|(o, l)| b * BLOCK < o || (b + 1) * BLOCK > o + l))
+                .collect()
+        };
+        if wanted(&lock(&self.absent)).is_empty() {
+            return Ok(());
+        }
+        let _pages = self
+            .page_locks
+            .write(ino, first * BLOCK, (last - first + 1) * BLOCK);
+        let blocks = wanted(&lock(&self.absent));
+        if blocks.is_empty() {
+            return Ok(());
+        }
+        let images = pages
+            .fetch(id, &blocks)
+            .map_err(Self::page_error("read from the pageserver"))?;
+        let size = file.metadata().map_err(FsError::io("fstat"))?.len();
+        for (block, image) in blocks.iter().zip(images) {
+            let n = image.len().min(size.saturating_sub(block * BLOCK) as usize);
+            file.write_all_at(&image[..n], block * BLOCK)
+                .map_err(FsError::io("install fetched block"))?;
+        }
+        let mut absent = lock(&self.absent);
+        if let Some(set) = absent.get_mut(&id) {
+            blocks.iter().for_each(|&b| set.remove(b));
+        }
+        Ok(())
+    }
+
+    /// Blocks `[first, last]` of file `id` hold local data from now on (written or punched).
+    fn mark_present(&self, id: u64, first: u64, last: u64) {
+        if let Some(set) = lock(&self.absent).get_mut(&id) {
+            (first..=last).for_each(|b| set.remove(b));
+        }
     }
 
     /// Queues block `block` of a shipped file; `image` when the caller has the whole block,
@@ -387,6 +588,9 @@ impl Datadir {
     /// Called when the filesystem is unmounted: waits for the uploads, then notes the clean stop.
     pub fn shutdown(&self) {
         let Some(pages) = &self.pages else { return };
+        if lock(&self.absent).values().all(BlockSet::is_empty) {
+            let _ = fs::remove_file(self.hydrating_marker());
+        }
         match pages.wait_durable(pages.current_ticket()) {
             Ok(()) => {
                 if let Err(e) = File::create(self.clean_marker()) {
@@ -504,9 +708,24 @@ impl Datadir {
                     .map_err(FsError::io("open for setattr"))?,
             };
             if let Some(size) = change.size {
+                let remote = self
+                    .pages
+                    .as_ref()
+                    .and_then(|p| p.file(&self.relative(&path)))
+                    .map(|f| f.id);
+                if let (Some(id), true) = (remote, size % BLOCK != 0) {
+                    // The block the new end cuts through keeps its (remote) head.
+                    self.hydrate(id, &file, ino, size, 1, None)?;
+                }
                 // A truncate may cut through a page: exclude its readers like a write does.
                 let _pages = self.page_locks.write(ino, size, u64::MAX / 2 - size);
                 file.set_len(size).map_err(FsError::io("truncate"))?;
+                if let Some(id) = remote {
+                    // Blocks past the new end are gone; the ones before keep their state.
+                    if let Some(set) = lock(&self.absent).get_mut(&id) {
+                        set.truncate(size.div_ceil(BLOCK));
+                    }
+                }
                 if let Some(pages) = &self.pages {
                     if let Some(f) = pages.file(&self.relative(&path)) {
                         let kind = FileKind::of(path.file_name().unwrap_or_default());
@@ -560,9 +779,11 @@ impl Datadir {
         fs::remove_file(&path).map_err(FsError::io("unlink"))?;
         lock(&self.inodes).remove(parent, name);
         if let Some(pages) = &self.pages {
-            pages
-                .unlink(&self.relative(&path))
-                .map_err(Self::page_error("unlink"))?;
+            let rel = self.relative(&path);
+            if let Some(f) = pages.file(&rel) {
+                lock(&self.absent).remove(&f.id);
+            }
+            pages.unlink(&rel).map_err(Self::page_error("unlink"))?;
         }
         Ok(())
     }
@@ -621,12 +842,10 @@ impl Datadir {
 
     fn open_backing(&self, path: &Path, flags: i32, create_mode: Option<u32>) -> FsResult<File> {
         let mut opts = OpenOptions::new();
-        // Write-only opens get a readable backing fd too: a partial write is shipped as the
-        // whole block it leaves, read back from the file.
-        match flags & libc::O_ACCMODE {
-            libc::O_RDONLY => opts.read(true),
-            _ => opts.read(true).write(true),
-        };
+        // Every backing fd can read and write, whatever the caller asked for (the kernel enforces
+        // the caller's access mode): a partial write is shipped as the whole block it leaves, read
+        // back from the file, and a read on a fresh node installs the blocks it fetched.
+        opts.read(true).write(true);
         // O_DIRECT and O_APPEND are the kernel's business: our buffers are not aligned, and the
         // kernel sends absolute offsets. O_SYNC/O_DSYNC writes are made durable in `write`.
         let passthrough = flags & (libc::O_TRUNC | libc::O_EXCL | libc::O_NOFOLLOW);
@@ -839,7 +1058,12 @@ impl Datadir {
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
         let handle = self.handle(fh)?;
         let (file, ino, kind) = match &*handle {
-            Handle::File(f) => (&f.file, f.ino, f.kind),
+            Handle::File(f) => {
+                if let Some(id) = f.remote {
+                    self.hydrate(id, &f.file, f.ino, offset, u64::from(size), None)?;
+                }
+                (&f.file, f.ino, f.kind)
+            }
             Handle::Status(text) => {
                 let start = (offset as usize).min(text.len());
                 let end = (start + size as usize).min(text.len());
@@ -865,12 +1089,18 @@ impl Datadir {
             remote,
         } = handle.open_file()?;
         let shipped = self.pages.as_ref().zip(*remote);
+        let len = data.len() as u64;
+        if let Some((_, id)) = shipped {
+            // A fresh node merges a partial write into the block as the pageserver has it.
+            self.hydrate(id, file, *ino, offset, len, Some((offset, len)))?;
+        }
         {
-            let _pages = self.page_locks.write(*ino, offset, data.len() as u64);
+            let _pages = self.page_locks.write(*ino, offset, len);
             file.write_all_at(data, offset).map_err(FsError::io("write"))?;
             if let Some((pages, id)) = shipped {
                 // Queued under the page lock: the images are exactly what this write left.
-                let (first, last) = (offset / BLOCK, (offset + data.len().max(1) as u64 - 1) / BLOCK);
+                let (first, last) = (offset / BLOCK, (offset + len.max(1) - 1) / BLOCK);
+                self.mark_present(id, first, last);
                 for block in first..=last {
                     let start = block * BLOCK;
                     let whole = (start >= offset && start + BLOCK <= offset + data.len() as u64)
@@ -996,6 +1226,10 @@ impl Datadir {
             });
         };
         let punch = mode & FALLOC_PUNCH_HOLE != 0;
+        if let (true, Some(id)) = (punch && length > 0, remote) {
+            // The blocks the hole only cuts into keep the rest of their (remote) contents.
+            self.hydrate(*id, file, *ino, offset, length, Some((offset, length)))?;
+        }
         // Punching a hole changes page contents: exclude readers of those pages.
         let _pages = punch.then(|| self.page_locks.write(*ino, offset, length));
         // SAFETY: the fd is open for the lifetime of `handle`; fallocate has no memory arguments.
@@ -1004,6 +1238,7 @@ impl Datadir {
             "fallocate",
         )?;
         if let (true, Some(pages), Some(id)) = (punch && length > 0, &self.pages, remote) {
+            self.mark_present(*id, offset / BLOCK, (offset + length - 1) / BLOCK);
             for block in offset / BLOCK..=(offset + length - 1) / BLOCK {
                 self.queue_block(pages, file, *kind, *id, block, None)?;
             }
@@ -1211,6 +1446,20 @@ mod tests {
             listed.iter().all(|e| e.name != CONTROL_DIR_NAME),
             "MariaDB would see a database"
         );
+    }
+
+    #[test]
+    fn block_sets_track_what_a_fresh_node_still_has_to_fetch() {
+        let mut set = BlockSet::all(130);
+        assert!(set.contains(0) && set.contains(129) && !set.contains(130));
+        set.remove(64);
+        set.remove(64);
+        assert!(!set.contains(64) && set.contains(63) && set.contains(65));
+        set.truncate(100);
+        assert!(set.contains(99) && !set.contains(100));
+        (0..100).for_each(|b| set.remove(b));
+        assert!(set.is_empty());
+        assert!(BlockSet::all(0).is_empty());
     }
 
     #[test]

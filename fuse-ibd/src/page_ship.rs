@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ibd_api::pageserver::{
-    CreateFileRequest, CreateTimelineRequest, FileInfo, FileKind as WireKind, PageUpload, PageserverClient,
-    RecordMarkerRequest, UpdateFileRequest,
+    CreateFileRequest, CreateTimelineRequest, FileInfo, FileKind as WireKind, PageAddr, PageUpload,
+    PageserverClient, ReadAt, ReadPagesRequest, RecordMarkerRequest, UpdateFileRequest,
 };
 use ibd_api::{ClientError, RetryPolicy};
 use ibd_format::redo::{Checkpoint, Lsn};
@@ -293,6 +293,27 @@ impl PageShipper {
                 ..Default::default()
             },
         )
+    }
+
+    /// The newest durable images of `blocks` of file `id` (zeros for never-written blocks). The
+    /// client checks every image's CRC-32C (invariant 5); retries run for the remote limit.
+    pub fn fetch(&self, id: u64, blocks: &[u64]) -> Result<Vec<Bytes>, PageShipError> {
+        let mut images = Vec::with_capacity(blocks.len());
+        for chunk in blocks.chunks(BATCH_PAGES) {
+            let req = ReadPagesRequest {
+                at: ReadAt::Latest,
+                pages: chunk
+                    .iter()
+                    .map(|&block| PageAddr::File { file: id, block })
+                    .collect(),
+            };
+            let pages = self
+                .runtime
+                .block_on(self.client.read_pages(&self.timeline, &req))
+                .map_err(|e| PageShipError::Failed(e.to_string()))?;
+            images.extend(pages.into_iter().map(|p| p.image));
+        }
+        Ok(images)
     }
 
     /// Queues a block image (the whole block as it is now); never blocks on the network.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ibd_api::walsync::{Checkpoint as WireCheckpoint, Geometry as WireGeometry, WalsyncClient};
 use ibd_api::{ClientError, RetryPolicy};
-use ibd_format::redo::Lsn;
+use ibd_format::redo::{Checkpoint, LogGeometry, Lsn, SyntheticLog};
 use tokio::sync::mpsc;
 
 use crate::redo_tail::RedoEvent;
@@ -49,6 +49,8 @@ impl Shared {
 
 /// The mount's connection to walsync for one timeline.
 pub struct WalShipper {
+    client: WalsyncClient,
+    runtime: tokio::runtime::Handle,
     events: mpsc::UnboundedSender<RedoEvent>,
     shared: Arc<Shared>,
     term: u64,
@@ -75,7 +77,7 @@ impl WalShipper {
         let (events, rx) = mpsc::unbounded_channel();
         let url = client.base_url().to_string();
         let task = ShipTask {
-            client,
+            client: client.clone(),
             timeline: timeline.to_string(),
             term: granted.term,
             shared: shared.clone(),
@@ -84,6 +86,8 @@ impl WalShipper {
         tokio::spawn(task.run(rx));
         tracing::info!(%timeline, term = granted.term, durable_lsn = ?granted.durable_lsn, "shipping redo to walsync");
         Ok(Self {
+            client,
+            runtime: tokio::runtime::Handle::current(),
             events,
             shared,
             term: granted.term,
@@ -103,6 +107,35 @@ impl WalShipper {
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The log a fresh node starts from: the timeline's geometry, its latest checkpoint, and the
+    /// durable WAL from that checkpoint on (`None` for a timeline without WAL yet).
+    pub fn recovery_log(&self) -> Result<Option<SyntheticLog<'static>>, ShipError> {
+        if self.durable_lsn().is_none() {
+            return Ok(None);
+        }
+        let failed = |e: ClientError| ShipError::Failed(e.to_string());
+        let plan = self
+            .runtime
+            .block_on(self.client.recovery_plan(&self.timeline, None))
+            .map_err(failed)?;
+        let wal = self
+            .runtime
+            .block_on(self.client.read_wal(&self.timeline, plan.wal_from, plan.wal_to))
+            .map_err(failed)?;
+        Ok(Some(SyntheticLog {
+            geometry: LogGeometry {
+                first_lsn: plan.geometry.first_lsn,
+                file_size: plan.geometry.file_size,
+            },
+            creator: "fuse-ibd fresh node",
+            checkpoint: Checkpoint {
+                checkpoint_lsn: plan.checkpoint.checkpoint_lsn,
+                end_lsn: plan.checkpoint.end_lsn,
+            },
+            wal: wal.to_vec().into(),
+        }))
     }
 
     /// walsync's durable LSN as last acknowledged.
