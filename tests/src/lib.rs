@@ -70,6 +70,11 @@ pub mod prereq {
         require_tools(test, &["fusermount3"])
     }
 
+    /// Everything a test of MariaDB on a fuse-ibd mount needs; see [`require_fuse`].
+    pub fn require_mariadb_on_fuse(test: &str) -> bool {
+        require_fuse(test) && require_mariadb(test)
+    }
+
     /// `require_tools` for the MariaDB server and client.
     pub fn require_mariadb(test: &str) -> bool {
         require_tools(

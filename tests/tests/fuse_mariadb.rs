@@ -4,10 +4,6 @@ use ibd_e2e::{install_db, prereq, FuseIbd, MariaDb};
 
 const SERVER_ARGS: &[&str] = &["--innodb-flush-neighbors=0", "--innodb-log-file-size=16M"];
 
-fn require(test: &str) -> bool {
-    prereq::require_fuse(test) && prereq::require_mariadb(test)
-}
-
 /// Accounts whose balances only ever move between each other: the total is an invariant.
 const BANK_TOTAL: i64 = 100 * 1000;
 
@@ -95,7 +91,7 @@ fn assert_redo_tail_matches_server(db: &MariaDb, mnt: &std::path::Path) {
 
 #[test]
 fn mariadb_runs_on_the_mount_and_survives_crash_and_clean_restarts() {
-    if !require("mariadb_runs_on_the_mount_and_survives_crash_and_clean_restarts") {
+    if !prereq::require_mariadb_on_fuse("mariadb_runs_on_the_mount_and_survives_crash_and_clean_restarts") {
         return;
     }
     let root = tempfile::tempdir().unwrap();

@@ -55,8 +55,7 @@ fn assert_pageserver_matches_local(rt: &tokio::runtime::Runtime, ps: &Pageserver
 
 #[test]
 fn pages_reach_the_pageserver_and_data_fsync_waits_for_it() {
-    let test = "pages_reach_the_pageserver_and_data_fsync_waits_for_it";
-    if !(prereq::require_fuse(test) && prereq::require_mariadb(test)) {
+    if !prereq::require_mariadb_on_fuse("pages_reach_the_pageserver_and_data_fsync_waits_for_it") {
         return;
     }
     let root = tempfile::tempdir().unwrap();

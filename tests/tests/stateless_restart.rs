@@ -48,8 +48,7 @@ fn transfer(socket: &std::path::Path, i: u64) -> bool {
 
 #[test]
 fn a_wiped_node_comes_back_with_every_committed_transaction() {
-    let test = "a_wiped_node_comes_back_with_every_committed_transaction";
-    if !(prereq::require_fuse(test) && prereq::require_mariadb(test)) {
+    if !prereq::require_mariadb_on_fuse("a_wiped_node_comes_back_with_every_committed_transaction") {
         return;
     }
     let root = tempfile::tempdir().unwrap();

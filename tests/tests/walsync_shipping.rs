@@ -46,8 +46,7 @@ fn quiesced_lsn(db: &MariaDb, mnt: &Path) -> u64 {
 
 #[test]
 fn redo_reaches_walsync_byte_for_byte_and_log_fsync_waits_for_it() {
-    let test = "redo_reaches_walsync_byte_for_byte_and_log_fsync_waits_for_it";
-    if !(prereq::require_fuse(test) && prereq::require_mariadb(test)) {
+    if !prereq::require_mariadb_on_fuse("redo_reaches_walsync_byte_for_byte_and_log_fsync_waits_for_it") {
         return;
     }
     let root = tempfile::tempdir().unwrap();
@@ -127,8 +126,8 @@ fn redo_reaches_walsync_byte_for_byte_and_log_fsync_waits_for_it() {
 
 #[test]
 fn an_existing_log_is_adopted_by_an_empty_timeline_from_its_checkpoint() {
-    let test = "an_existing_log_is_adopted_by_an_empty_timeline_from_its_checkpoint";
-    if !(prereq::require_fuse(test) && prereq::require_mariadb(test)) {
+    if !prereq::require_mariadb_on_fuse("an_existing_log_is_adopted_by_an_empty_timeline_from_its_checkpoint")
+    {
         return;
     }
     let root = tempfile::tempdir().unwrap();
