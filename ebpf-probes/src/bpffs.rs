@@ -127,8 +127,12 @@ impl PinDir {
 
 impl Drop for PinDir {
     fn drop(&mut self) {
-        if let Err(error) = fs::remove_dir_all(&self.path) {
-            warn!(path = %self.path.display(), %error, "cannot remove BPF pins");
+        match fs::remove_dir_all(&self.path) {
+            // Already removed by `KernelLatency::remove_pins`.
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                warn!(path = %self.path.display(), %error, "cannot remove BPF pins");
+            }
+            _ => {}
         }
     }
 }

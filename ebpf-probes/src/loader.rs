@@ -229,6 +229,16 @@ impl KernelLatency {
     }
 
     /// Where the maps are pinned (`latency`, `cfg_tgid`, `cfg_fuse_dev`).
+    /// Removes this loader's pins now, for a process about to exit while other threads may still
+    /// hold the probes (their `Drop` would otherwise never run). The programs stay attached until
+    /// the process exits.
+    pub fn remove_pins(&self) -> std::io::Result<()> {
+        match std::fs::remove_dir_all(self.pin_dir()) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     pub fn pin_dir(&self) -> &Path {
         self.pin_dir.path()
     }

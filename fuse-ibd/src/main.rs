@@ -167,6 +167,7 @@ fn mount(args: MountArgs) -> Result<()> {
     )
     .with_context(|| format!("mounting {} failed", datadir.display()))?;
     tracing::info!(datadir = %datadir.display(), cache_dir = %cache_dir.display(), "mounted");
+    let mut probes_to_release = None;
     if args.ebpf {
         // The probes filter on the mount's device, so they load once it exists.
         let pids = args
@@ -178,14 +179,16 @@ fn mount(args: MountArgs) -> Result<()> {
                 for (source, status) in probes.sources() {
                     tracing::info!(?source, ?status, "eBPF probe");
                 }
-                metrics.attach_kernel_latency(Arc::new(std::sync::Mutex::new(probes)));
+                let shared = Arc::new(std::sync::Mutex::new(probes));
+                metrics.attach_kernel_latency(shared.clone());
+                probes_to_release = Some(shared);
             }
             // Latency attribution is an aid, not a reason to refuse serving the datadir.
             Err(e) => tracing::error!(error = %e, "--ebpf: probes not loaded"),
         }
     }
 
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut poll = tokio::time::interval(std::time::Duration::from_millis(200));
         loop {
@@ -199,7 +202,16 @@ fn mount(args: MountArgs) -> Result<()> {
             }
         }
         unmount(session, &datadir)
-    })
+    });
+    // A lazily detached mount keeps its FUSE thread (and the probes it references) until the
+    // process exits, so the probes' pins would outlive us: remove them here.
+    if let Some(probes) = probes_to_release {
+        let probes = probes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = probes.remove_pins() {
+            tracing::warn!(error = %e, pins = %probes.pin_dir().display(), "cannot remove the BPF pins");
+        }
+    }
+    result
 }
 
 /// Unmounts; if the datadir is busy (a server still has files open), detaches it lazily so the
