@@ -18,6 +18,7 @@ declare -A NEED=(
   [bindfs]=/usr/bin/bindfs
   [strace]=/usr/bin/strace
   [pkg-config]=/usr/bin/pkg-config
+  [curl]=/usr/bin/curl
   [mariadb-backup]=/usr/bin/mariadb-backup
 )
 
