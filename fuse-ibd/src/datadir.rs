@@ -370,10 +370,7 @@ impl Datadir {
         if hydrating || (!local.iter().any(|(p, _)| shipped_kind(p)) && !pages.all_files().is_empty()) {
             return self.materialize(pages, hydrating);
         }
-        let remote = |e: crate::page_ship::PageShipError| FsError::Remote {
-            op: "reconcile with the pageserver",
-            message: e.to_string(),
-        };
+        let remote = Self::page_error("reconcile with the pageserver");
         let missing: Vec<String> = pages
             .all_files()
             .into_iter()
@@ -610,7 +607,7 @@ impl Datadir {
             .into_owned()
     }
 
-    fn page_error(op: &'static str) -> impl Fn(crate::page_ship::PageShipError) -> FsError {
+    fn page_error(op: &'static str) -> impl Fn(crate::page_ship::PageShipError) -> FsError + Copy {
         move |e| FsError::Remote {
             op,
             message: e.to_string(),
@@ -991,8 +988,10 @@ impl Datadir {
     /// The pageserver id of a shipped file at `path` (page and generic files only).
     fn remote_id(&self, path: &Path, kind: FileKind) -> Option<u64> {
         let pages = self.pages.as_ref()?;
-        matches!(kind, FileKind::Page | FileKind::Generic)
-            .then(|| pages.file(&self.relative(path)).map(|f| f.id))?
+        if !matches!(kind, FileKind::Page | FileKind::Generic) {
+            return None;
+        }
+        pages.file(&self.relative(path)).map(|f| f.id)
     }
 
     pub fn create(

@@ -17,4 +17,5 @@ pub mod page_locks;
 pub mod page_ship;
 pub mod preflight;
 pub mod redo_tail;
+pub mod wait;
 pub mod wal_ship;

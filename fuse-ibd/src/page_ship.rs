@@ -11,7 +11,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use ibd_api::pageserver::{
@@ -23,6 +23,7 @@ use ibd_format::redo::{Checkpoint, Lsn};
 use tokio::sync::Notify;
 
 use crate::kind::FileKind;
+use crate::wait::wait_for;
 
 /// Largest upload batch (64 pages = 1 MiB).
 const BATCH_PAGES: usize = 64;
@@ -334,26 +335,16 @@ impl PageShipper {
 
     /// Blocks until every block queued up to `ticket` is durable on the pageserver.
     pub fn wait_durable(&self, ticket: u64) -> Result<(), PageShipError> {
-        let deadline = Instant::now() + self.limit;
-        let mut q = self.shared.queue();
-        loop {
-            if let Some(fatal) = &q.fatal {
-                return Err(PageShipError::Failed(fatal.clone()));
-            }
-            if q.durable_ticket() >= ticket {
-                return Ok(());
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(PageShipError::Timeout(self.limit));
-            }
-            q = self
-                .shared
-                .changed
-                .wait_timeout(q, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+        let decided = wait_for(
+            self.shared.queue(),
+            &self.shared.changed,
+            self.limit,
+            |q| match &q.fatal {
+                Some(fatal) => Some(Err(PageShipError::Failed(fatal.clone()))),
+                None => (q.durable_ticket() >= ticket).then_some(Ok(())),
+            },
+        );
+        decided.unwrap_or(Err(PageShipError::Timeout(self.limit)))
     }
 
     /// Records a checkpoint marker (DESIGN.md invariant 8) for a checkpoint block just written,

@@ -6,7 +6,7 @@
 //! walsync outage for up to the configured limit (MariaDB treats an fdatasync error as fatal).
 
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use ibd_api::walsync::{Checkpoint as WireCheckpoint, Geometry as WireGeometry, WalsyncClient};
@@ -15,6 +15,7 @@ use ibd_format::redo::{Checkpoint, LogGeometry, Lsn, SyntheticLog};
 use tokio::sync::mpsc;
 
 use crate::redo_tail::RedoEvent;
+use crate::wait::wait_for;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ShipError {
@@ -153,30 +154,22 @@ impl WalShipper {
 
     /// Blocks until walsync has everything below `lsn` durable (invariant 1).
     pub fn wait_durable(&self, lsn: Lsn) -> Result<(), ShipError> {
-        let deadline = Instant::now() + self.limit;
-        let mut progress = self.shared.progress();
-        loop {
-            if let Some(fatal) = &progress.fatal {
-                return Err(ShipError::Failed(fatal.clone()));
-            }
-            if progress.durable.is_some_and(|d| d >= lsn) {
-                return Ok(());
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(ShipError::Timeout {
-                    lsn,
-                    durable: progress.durable,
-                    limit: self.limit,
-                });
-            }
-            progress = self
-                .shared
-                .changed
-                .wait_timeout(progress, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
+        let decided = wait_for(
+            self.shared.progress(),
+            &self.shared.changed,
+            self.limit,
+            |p| match &p.fatal {
+                Some(fatal) => Some(Err(ShipError::Failed(fatal.clone()))),
+                None => p.durable.is_some_and(|d| d >= lsn).then_some(Ok(())),
+            },
+        );
+        decided.unwrap_or_else(|p| {
+            Err(ShipError::Timeout {
+                lsn,
+                durable: p.durable,
+                limit: self.limit,
+            })
+        })
     }
 }
 
