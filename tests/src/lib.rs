@@ -278,6 +278,12 @@ impl MariaDb {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// `Innodb_lsn_flushed`: the LSN up to which the server has made its redo durable.
+    pub fn flushed_lsn(&self) -> Result<u64> {
+        let query = "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'INNODB_LSN_FLUSHED'";
+        Ok(self.value(query)?.parse()?)
+    }
+
     /// The LSN from the server's "End of log at LSN=…" line, if it printed one.
     pub fn reported_end_of_log(&self) -> Option<u64> {
         let log = self.error_log();
@@ -378,6 +384,13 @@ impl FuseIbd {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A numeric `key=value` line of the mount's `.fuse-ibd/status`.
+    pub fn status(&self, key: &str) -> Option<u64> {
+        let text = std::fs::read_to_string(self.mountpoint.join(".fuse-ibd/status")).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
     }
 
     pub fn pid(&self) -> Option<u32> {

@@ -63,21 +63,13 @@ fn fingerprint(db: &MariaDb) -> Vec<String> {
     .collect()
 }
 
-/// A `key=value` line of the mount's `.fuse-ibd/status`.
-fn status_value(mnt: &std::path::Path, key: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(mnt.join(".fuse-ibd/status")).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
-}
-
 /// The redo tail converges to the LSN the server has flushed (quiesced: no more log writes).
-fn assert_redo_tail_matches_server(db: &MariaDb, mnt: &std::path::Path) {
-    let query = "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'INNODB_LSN_FLUSHED'";
-    let mut last = (String::new(), None);
+fn assert_redo_tail_matches_server(db: &MariaDb, fuse: &FuseIbd) {
+    let mut last = (0, None);
     for _ in 0..50 {
-        let flushed = db.value(query).unwrap();
-        let tail = status_value(mnt, "redo_complete_lsn");
-        if tail.map(|t| t.to_string()) == Some(flushed.clone()) {
+        let flushed = db.flushed_lsn().unwrap();
+        let tail = fuse.status("redo_complete_lsn");
+        if tail == Some(flushed) {
             return;
         }
         last = (flushed, tail);
@@ -102,13 +94,15 @@ fn mariadb_runs_on_the_mount_and_survives_crash_and_clean_restarts() {
     assert_eq!(db.value("SELECT @@innodb_doublewrite").unwrap(), "0");
     workload(&db);
     check_tables(&db);
-    assert_redo_tail_matches_server(&db, &mnt);
+    assert_redo_tail_matches_server(&db, &fuse);
     let before = fingerprint(&db);
 
     // mariadbd crashes; the mount (and its cache) stays: InnoDB's recovery brings it back, and
     // finds the end of the log exactly where the mount's redo tail is.
     db.kill();
-    let tail_at_crash = status_value(&mnt, "redo_complete_lsn").expect("the mount tails the redo log");
+    let tail_at_crash = fuse
+        .status("redo_complete_lsn")
+        .expect("the mount tails the redo log");
     let db = MariaDb::start(&mnt, SERVER_ARGS).unwrap();
     assert!(
         db.error_log().contains("Starting crash recovery"),

@@ -1,7 +1,6 @@
 //! fuse-ibd ships MariaDB's redo to a real walsync, and an fsync of the log returns only once
 //! walsync has it durable (DESIGN.md invariant 1).
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ibd_api::walsync::WalsyncClient;
@@ -11,28 +10,12 @@ use ibd_format::redo::LogFile;
 const SERVER_ARGS: &[&str] = &["--innodb-flush-neighbors=0", "--innodb-log-file-size=16M"];
 const TIMELINE: &str = "main";
 
-fn status_value(mnt: &Path, key: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(mnt.join(".fuse-ibd/status")).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
-}
-
-fn flushed_lsn(db: &MariaDb) -> u64 {
-    db.value("SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'INNODB_LSN_FLUSHED'")
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 /// Waits until the mount's redo tail, walsync's durable LSN and the server's flushed LSN agree.
-fn quiesced_lsn(db: &MariaDb, mnt: &Path) -> u64 {
+fn quiesced_lsn(db: &MariaDb, fuse: &FuseIbd) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let flushed = flushed_lsn(db);
-        let (tail, durable) = (
-            status_value(mnt, "redo_complete_lsn"),
-            status_value(mnt, "wal_durable_lsn"),
-        );
+        let flushed = db.flushed_lsn().unwrap();
+        let (tail, durable) = (fuse.status("redo_complete_lsn"), fuse.status("wal_durable_lsn"));
         if tail == Some(flushed) && durable == Some(flushed) {
             return flushed;
         }
@@ -61,7 +44,7 @@ fn redo_reaches_walsync_byte_for_byte_and_log_fsync_waits_for_it() {
          INSERT INTO w.t SELECT seq, CONCAT('row-', seq) FROM seq_1_to_5000;",
     )
     .unwrap();
-    let lsn = quiesced_lsn(&db, &mnt);
+    let lsn = quiesced_lsn(&db, &fuse);
 
     // walsync holds exactly the bytes of the log, from the first record to the flushed LSN.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -113,7 +96,7 @@ fn redo_reaches_walsync_byte_for_byte_and_log_fsync_waits_for_it() {
     walsync.signal(libc::SIGCONT);
     let returned = commit.join().unwrap();
     assert!(returned >= thawed);
-    let lsn = quiesced_lsn(&db, &mnt);
+    let lsn = quiesced_lsn(&db, &fuse);
     assert_eq!(
         runtime.block_on(client.status(TIMELINE)).unwrap().durable_lsn,
         Some(lsn)
@@ -149,7 +132,7 @@ fn an_existing_log_is_adopted_by_an_empty_timeline_from_its_checkpoint() {
         FuseIbd::mount_with(&mnt, &cache, &["--walsync", &walsync.url, "--timeline", TIMELINE]).unwrap();
     let db = MariaDb::start(&mnt, SERVER_ARGS).unwrap();
     db.sql("INSERT INTO w.t VALUES (101)").unwrap();
-    let lsn = quiesced_lsn(&db, &mnt);
+    let lsn = quiesced_lsn(&db, &fuse);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
