@@ -499,6 +499,7 @@ impl Datadir {
     /// Fetches the blocks of `[offset, offset + len)` that a fresh node does not hold yet, except
     /// those lying wholly inside `overwritten` (about to be replaced). Holds the pages' lock while
     /// installing and re-checks under it, so a concurrent write is never replaced by older data.
+    /// Returns whether it fetched anything.
     fn hydrate(
         &self,
         id: u64,
@@ -507,8 +508,10 @@ impl Datadir {
         offset: u64,
         len: u64,
         overwritten: Option<(u64, u64)>,
-    ) -> FsResult<()> {
-        let Some(pages) = &self.pages else { return Ok(()) };
+    ) -> FsResult<bool> {
+        let Some(pages) = &self.pages else {
+            return Ok(false);
+        };
         let (first, last) = (offset / BLOCK, (offset + len.max(1) - 1) / BLOCK);
         let wanted = |absent: &HashMap<u64, BlockSet>| -> Vec<u64> {
             let Some(set) = absent.get(&id) else {
@@ -520,14 +523,14 @@ impl Datadir {
                 .collect()
         };
         if wanted(&lock(&self.absent)).is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let _pages = self
             .page_locks
             .write(ino, first * BLOCK, (last - first + 1) * BLOCK);
         let blocks = wanted(&lock(&self.absent));
         if blocks.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let images = pages
             .fetch(id, &blocks)
@@ -542,7 +545,7 @@ impl Datadir {
         if let Some(set) = absent.get_mut(&id) {
             blocks.iter().for_each(|&b| set.remove(b));
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Blocks `[first, last]` of file `id` hold local data from now on (written or punched).
@@ -1059,7 +1062,8 @@ impl Datadir {
         let (file, ino, kind) = match &*handle {
             Handle::File(f) => {
                 if let Some(id) = f.remote {
-                    self.hydrate(id, &f.file, f.ino, offset, u64::from(size), None)?;
+                    let fetched = self.hydrate(id, &f.file, f.ino, offset, u64::from(size), None)?;
+                    self.metrics.record_cache_read(!fetched);
                 }
                 (&f.file, f.ino, f.kind)
             }
@@ -1155,9 +1159,10 @@ impl Datadir {
         }
         .map_err(FsError::io("fsync"))?;
         if let (Some(pages), Some(id)) = (&self.pages, remote) {
-            // Invariant 2: every block written before this fsync is durable on the pageserver.
+            // Invariant 2: every block of this file written before the fsync is durable on the
+            // pageserver (uploads go in ticket order, so older blocks of other files are too).
             pages
-                .wait_durable(pages.current_ticket())
+                .wait_durable(pages.file_ticket(*id))
                 .map_err(Self::page_error("fsync"))?;
             let size = file.metadata().map_err(FsError::io("fstat"))?.len();
             pages.set_size(*id, size).map_err(Self::page_error("fsync"))?;
@@ -1190,7 +1195,7 @@ impl Datadir {
         };
         let Some(pages) = &self.pages else { return Ok(()) };
         pages
-            .wait_durable(pages.current_ticket())
+            .wait_durable(pages.file_ticket(*id))
             .map_err(Self::page_error("close"))?;
         let size = file.metadata().map_err(FsError::io("fstat"))?.len();
         pages.set_size(*id, size).map_err(Self::page_error("close"))

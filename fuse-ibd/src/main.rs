@@ -122,7 +122,12 @@ fn mount(args: MountArgs) -> Result<()> {
     if let (Some(url), Some(timeline)) = (&args.walsync, &args.timeline) {
         let client = ibd_api::walsync::WalsyncClient::new(url)?;
         let shipper = runtime
-            .block_on(WalShipper::start(client, timeline, args.remote_timeout))
+            .block_on(WalShipper::start(
+                client,
+                timeline,
+                args.remote_timeout,
+                metrics.clone(),
+            ))
             .with_context(|| format!("walsync at {url} is not usable (is it running?)"))?;
         core = core.with_wal_shipper(shipper);
     }
@@ -133,6 +138,7 @@ fn mount(args: MountArgs) -> Result<()> {
                 timeline,
                 args.remote_timeout,
                 runtime.handle().clone(),
+                metrics.clone(),
             ))
             .with_context(|| format!("pageserver at {url} is not usable (is it running?)"))?;
         core = core

@@ -2,6 +2,7 @@
 //! I/O volume by file kind (recorded by the core). The same counters feed `.fuse-ibd/status`.
 
 use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use ebpf_probes::{KernelLatency, KernelLatencyCollector};
@@ -31,6 +32,36 @@ struct ErrorLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabels {
+    service: &'static str,
+}
+
+/// The storage service a remote call went to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Service {
+    Pageserver,
+    Walsync,
+}
+
+impl Service {
+    fn label(self) -> ServiceLabels {
+        ServiceLabels {
+            service: match self {
+                Service::Pageserver => "pageserver",
+                Service::Walsync => "walsync",
+            },
+        }
+    }
+}
+
+type IntGauge = Gauge<i64, std::sync::atomic::AtomicI64>;
+
+/// Latency buckets from 1 us to ~17 s.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1e-6, 2.0, 25))
 }
 
 const KINDS: [FileKind; 4] = [
@@ -72,6 +103,135 @@ pub struct Metrics {
     redo_checkpoint_lsn: Gauge<i64, std::sync::atomic::AtomicI64>,
     redo_complete_bytes: Counter,
     redo_mtrs: Counter,
+    cache: CacheMetrics,
+    remote: RemoteMetrics,
+    /// Requests answered EIO, over all operations (`op_errors` has them by operation).
+    io_errors: AtomicU64,
+}
+
+/// The local page cache of shipped files.
+#[derive(Default)]
+struct CacheMetrics {
+    hits: Counter,
+    misses: Counter,
+    evictions: Counter,
+    resident_bytes: IntGauge,
+    budget_bytes: IntGauge,
+}
+
+/// Traffic with the storage services.
+struct RemoteMetrics {
+    fetch_duration: Histogram,
+    /// Count and total time of fetches, for the status file's mean (the histogram keeps its
+    /// sum to itself).
+    fetches: AtomicU64,
+    fetch_us: AtomicU64,
+    fetched_pages: Counter,
+    upload_duration: Histogram,
+    uploaded_pages: Counter,
+    upload_queue_pages: IntGauge,
+    upload_queue_bytes: IntGauge,
+    errors: Family<ServiceLabels, Counter>,
+    wal_shipped_lsn: IntGauge,
+    wal_durable_lsn: IntGauge,
+}
+
+impl Default for RemoteMetrics {
+    fn default() -> Self {
+        Self {
+            fetch_duration: latency_histogram(),
+            fetches: AtomicU64::new(0),
+            fetch_us: AtomicU64::new(0),
+            fetched_pages: Counter::default(),
+            upload_duration: latency_histogram(),
+            uploaded_pages: Counter::default(),
+            upload_queue_pages: IntGauge::default(),
+            upload_queue_bytes: IntGauge::default(),
+            errors: Family::default(),
+            wal_shipped_lsn: IntGauge::default(),
+            wal_durable_lsn: IntGauge::default(),
+        }
+    }
+}
+
+impl CacheMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "cache_hits",
+            "Reads of shipped files answered from the local cache",
+            self.hits.clone(),
+        );
+        registry.register(
+            "cache_misses",
+            "Reads of shipped files that had to fetch pages from the pageserver",
+            self.misses.clone(),
+        );
+        registry.register(
+            "cache_evictions",
+            "Clean pages dropped from the local cache to stay within --cache-size",
+            self.evictions.clone(),
+        );
+        registry.register(
+            "cache_resident_bytes",
+            "Bytes of shipped files held in the local cache",
+            self.resident_bytes.clone(),
+        );
+        registry.register(
+            "cache_budget_bytes",
+            "The local cache's size budget (--cache-size)",
+            self.budget_bytes.clone(),
+        );
+    }
+}
+
+impl RemoteMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "remote_fetch_duration_seconds",
+            "Time to fetch a batch of pages from the pageserver, retries included",
+            self.fetch_duration.clone(),
+        );
+        registry.register(
+            "remote_fetched_pages",
+            "Pages fetched from the pageserver",
+            self.fetched_pages.clone(),
+        );
+        registry.register(
+            "upload_duration_seconds",
+            "Time to make a batch of pages durable on the pageserver, retries included",
+            self.upload_duration.clone(),
+        );
+        registry.register(
+            "uploaded_pages",
+            "Pages made durable on the pageserver",
+            self.uploaded_pages.clone(),
+        );
+        registry.register(
+            "upload_queue_pages",
+            "Pages written locally and not yet durable on the pageserver",
+            self.upload_queue_pages.clone(),
+        );
+        registry.register(
+            "upload_queue_bytes",
+            "Bytes written locally and not yet durable on the pageserver",
+            self.upload_queue_bytes.clone(),
+        );
+        registry.register(
+            "remote_errors",
+            "Calls to a storage service that failed after their retries",
+            self.errors.clone(),
+        );
+        registry.register(
+            "wal_shipped_lsn",
+            "End LSN of the redo handed to walsync",
+            self.wal_shipped_lsn.clone(),
+        );
+        registry.register(
+            "wal_durable_lsn",
+            "walsync's durable LSN as last acknowledged",
+            self.wal_durable_lsn.clone(),
+        );
+    }
 }
 
 impl Default for Metrics {
@@ -80,10 +240,7 @@ impl Default for Metrics {
         let kernel_latency = Arc::new(KernelLatencyExport::default());
         root.register_collector(Box::new(kernel_latency.clone()));
         let registry = root.sub_registry_with_prefix("fuse_ibd");
-        let op_duration = Family::<OpLabels, Histogram>::new_with_constructor(|| {
-            // 1 us .. ~17 s
-            Histogram::new(exponential_buckets(1e-6, 2.0, 25))
-        });
+        let op_duration = Family::<OpLabels, Histogram>::new_with_constructor(latency_histogram);
         let op_errors = Family::<ErrorLabels, Counter>::default();
         let [reads, read_bytes, writes, written_bytes, fsyncs] =
             std::array::from_fn(|_| Family::<KindLabels, Counter>::default());
@@ -132,6 +289,9 @@ impl Default for Metrics {
             "Complete mini-transactions seen in the redo log",
             redo_mtrs.clone(),
         );
+        let (cache, remote) = (CacheMetrics::default(), RemoteMetrics::default());
+        cache.register(registry);
+        remote.register(registry);
         Self {
             registry: root,
             kernel_latency,
@@ -146,6 +306,9 @@ impl Default for Metrics {
             redo_checkpoint_lsn,
             redo_complete_bytes,
             redo_mtrs,
+            cache,
+            remote,
+            io_errors: AtomicU64::new(0),
         }
     }
 }
@@ -167,6 +330,9 @@ impl Metrics {
         self.op_duration.get_or_create(&OpLabels { op }).observe(seconds);
         if let Some(errno) = errno {
             self.op_errors.get_or_create(&ErrorLabels { op, errno }).inc();
+            if errno == libc::EIO {
+                self.io_errors.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -201,8 +367,76 @@ impl Metrics {
         self.redo_mtrs.inc_by(mtrs as u64);
     }
 
-    /// Appends `key=value` lines with the I/O counters (for `.fuse-ibd/status`).
+    pub fn record_cache_read(&self, hit: bool) {
+        if hit { &self.cache.hits } else { &self.cache.misses }.inc();
+    }
+
+    pub fn record_evictions(&self, pages: u64) {
+        self.cache.evictions.inc_by(pages);
+    }
+
+    pub fn set_cache_resident(&self, bytes: u64, budget: u64) {
+        self.cache.resident_bytes.set(bytes as i64);
+        self.cache.budget_bytes.set(budget as i64);
+    }
+
+    pub fn record_fetch(&self, pages: usize, seconds: f64) {
+        self.remote.fetch_duration.observe(seconds);
+        self.remote.fetches.fetch_add(1, Ordering::Relaxed);
+        self.remote
+            .fetch_us
+            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+        self.remote.fetched_pages.inc_by(pages as u64);
+    }
+
+    pub fn record_upload(&self, pages: usize, seconds: f64) {
+        self.remote.upload_duration.observe(seconds);
+        self.remote.uploaded_pages.inc_by(pages as u64);
+    }
+
+    pub fn set_upload_queue(&self, pages: usize, bytes: u64) {
+        self.remote.upload_queue_pages.set(pages as i64);
+        self.remote.upload_queue_bytes.set(bytes as i64);
+    }
+
+    pub fn record_remote_error(&self, service: Service) {
+        self.remote.errors.get_or_create(&service.label()).inc();
+    }
+
+    pub fn set_wal_shipped_lsn(&self, lsn: u64) {
+        self.remote.wal_shipped_lsn.set(lsn as i64);
+    }
+
+    pub fn set_wal_durable_lsn(&self, lsn: u64) {
+        self.remote.wal_durable_lsn.set(lsn as i64);
+    }
+
+    /// Appends `key=value` lines with the I/O counters (for `.fuse-ibd/status`; the keys are a
+    /// contract, see docs/SEMANTICS.md).
     pub fn write_status(&self, out: &mut String) {
+        let (cache, remote) = (&self.cache, &self.remote);
+        let io_errors = self.io_errors.load(Ordering::Relaxed);
+        let remote_errors = |s: Service| remote.errors.get_or_create(&s.label()).get();
+        let lines = [
+            ("cache_hits", cache.hits.get()),
+            ("cache_misses", cache.misses.get()),
+            ("cache_evictions", cache.evictions.get()),
+            ("cache_resident_bytes", cache.resident_bytes.get() as u64),
+            ("cache_budget_bytes", cache.budget_bytes.get() as u64),
+            ("remote_fetches", remote.fetches.load(Ordering::Relaxed)),
+            ("remote_fetched_pages", remote.fetched_pages.get()),
+            ("remote_fetch_us_total", remote.fetch_us.load(Ordering::Relaxed)),
+            ("pages_uploaded", remote.uploaded_pages.get()),
+            ("upload_queue_pages", remote.upload_queue_pages.get() as u64),
+            ("upload_queue_bytes", remote.upload_queue_bytes.get() as u64),
+            ("wal_shipped_lsn", remote.wal_shipped_lsn.get() as u64),
+            ("io_errors", io_errors),
+            ("pageserver_errors", remote_errors(Service::Pageserver)),
+            ("walsync_errors", remote_errors(Service::Walsync)),
+        ];
+        for (key, value) in lines {
+            let _ = writeln!(out, "{key}={value}");
+        }
         let counters = [
             ("reads", &self.reads),
             ("read_bytes", &self.read_bytes),

@@ -11,7 +11,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ibd_api::pageserver::{
@@ -23,10 +23,15 @@ use ibd_format::redo::{Checkpoint, Lsn};
 use tokio::sync::Notify;
 
 use crate::kind::FileKind;
+use crate::metrics::{Metrics, Service};
 use crate::wait::wait_for;
 
 /// Largest upload batch (64 pages = 1 MiB).
 const BATCH_PAGES: usize = 64;
+
+/// Writes wait (backpressure) while this many bytes are not durable on the pageserver yet, so an
+/// outage or a slow pageserver cannot grow the queue without bound.
+const QUEUE_LIMIT_BYTES: u64 = 256 << 20;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PageShipError {
@@ -53,6 +58,10 @@ struct UploadQueue {
     by_block: HashMap<(u64, u64), u64>,
     /// Tickets pending or in flight: everything below the first is durable.
     outstanding: BTreeSet<u64>,
+    /// Bytes of the images pending or in flight.
+    outstanding_bytes: u64,
+    /// Each file's newest ticket: its fsync waits for that one only.
+    last_of_file: HashMap<u64, u64>,
     /// Newest pageserver sequence number acknowledged.
     last_seq: u64,
     fatal: Option<String>,
@@ -72,12 +81,50 @@ impl UploadQueue {
         self.last_ticket += 1;
         let ticket = self.last_ticket;
         if let Some(old) = self.by_block.insert((block.file, block.block), ticket) {
-            self.pending.remove(&old);
-            self.outstanding.remove(&old);
+            self.retire(old);
         }
+        self.last_of_file.insert(block.file, ticket);
+        self.outstanding_bytes += block.image.len() as u64;
         self.pending.insert(ticket, block);
         self.outstanding.insert(ticket);
         ticket
+    }
+
+    /// Drops a ticket whose block is durable or covered by a newer ticket of the same block.
+    fn retire(&mut self, ticket: u64) {
+        if let Some(block) = self.pending.remove(&ticket) {
+            self.outstanding_bytes -= block.image.len() as u64;
+        }
+        self.outstanding.remove(&ticket);
+    }
+
+    /// The batch `(ticket, block)` is durable.
+    fn acknowledge(&mut self, batch: &[(u64, QueuedBlock)]) {
+        for (ticket, block) in batch {
+            self.outstanding.remove(ticket);
+            self.outstanding_bytes -= block.image.len() as u64;
+        }
+    }
+
+    /// A failed batch goes back to the queue, except blocks a newer write replaced meanwhile.
+    fn requeue(&mut self, batch: Vec<(u64, QueuedBlock)>) {
+        for (ticket, block) in batch {
+            match self.by_block.entry((block.file, block.block)) {
+                Entry::Vacant(slot) => {
+                    slot.insert(ticket);
+                    self.pending.insert(ticket, block);
+                }
+                Entry::Occupied(_) => {
+                    self.outstanding.remove(&ticket);
+                    self.outstanding_bytes -= block.image.len() as u64;
+                }
+            }
+        }
+    }
+
+    /// The newest ticket of file `file` (0 if it never had one).
+    fn last_of(&self, file: u64) -> u64 {
+        self.last_of_file.get(&file).copied().unwrap_or(0)
     }
 
     /// The next batch to upload, in ticket order; its tickets stay outstanding until acknowledged.
@@ -114,6 +161,7 @@ pub struct PageShipper {
     term: u64,
     limit: Duration,
     shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
     /// The timeline's namespace as this writer knows it: relative path -> file.
     files: Mutex<HashMap<String, FileInfo>>,
 }
@@ -139,6 +187,7 @@ impl PageShipper {
         timeline: &str,
         limit: Duration,
         runtime: tokio::runtime::Handle,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, ClientError> {
         // Start-up fails fast with the client's short retries; later calls retry for `limit`.
         let quick = PageserverClient::new(url)?;
@@ -164,6 +213,7 @@ impl PageShipper {
             timeline: timeline.to_string(),
             term,
             shared: shared.clone(),
+            metrics: metrics.clone(),
         };
         runtime.spawn(uploader.run());
         tracing::info!(%timeline, term, files = files.len(), "shipping pages to the pageserver");
@@ -174,6 +224,7 @@ impl PageShipper {
             term,
             limit,
             shared,
+            metrics,
             files: Mutex::new(files.into_iter().map(|f| (f.path.clone(), f)).collect()),
         })
     }
@@ -308,29 +359,56 @@ impl PageShipper {
                     .map(|&block| PageAddr::File { file: id, block })
                     .collect(),
             };
+            let started = Instant::now();
             let pages = self
                 .runtime
                 .block_on(self.client.read_pages(&self.timeline, &req))
-                .map_err(|e| PageShipError::Failed(e.to_string()))?;
+                .map_err(|e| {
+                    self.metrics.record_remote_error(Service::Pageserver);
+                    PageShipError::Failed(e.to_string())
+                })?;
+            self.metrics
+                .record_fetch(chunk.len(), started.elapsed().as_secs_f64());
             images.extend(pages.into_iter().map(|p| p.image));
         }
         Ok(images)
     }
 
-    /// Queues a block image (the whole block as it is now); never blocks on the network.
-    pub fn dirty(&self, file: u64, block: u64, lsn: u64, image: Bytes) {
-        self.shared.queue().enqueue(QueuedBlock {
+    /// Queues a block image (the whole block as it is now) and returns its ticket. Does not wait
+    /// for the network unless the queue is over its limit: then it waits for uploads to drain it
+    /// (up to the remote limit; past that the write is queued anyway and fsyncs report the outage).
+    pub fn dirty(&self, file: u64, block: u64, lsn: u64, image: Bytes) -> u64 {
+        let drained = wait_for(self.shared.queue(), &self.shared.changed, self.limit, |q| {
+            (q.outstanding_bytes < QUEUE_LIMIT_BYTES || q.fatal.is_some()).then_some(())
+        });
+        drop(drained);
+        let mut q = self.shared.queue();
+        let ticket = q.enqueue(QueuedBlock {
             file,
             block,
             lsn,
             image,
         });
+        self.metrics
+            .set_upload_queue(q.outstanding.len(), q.outstanding_bytes);
+        drop(q);
         self.shared.work.notify_one();
+        ticket
     }
 
-    /// The newest ticket: an fsync now must wait for it.
+    /// The newest ticket: waiting for it covers every write so far.
     pub fn current_ticket(&self) -> u64 {
         self.shared.queue().last_ticket
+    }
+
+    /// The newest ticket of file `id`: an fsync of the file waits for it.
+    pub fn file_ticket(&self, id: u64) -> u64 {
+        self.shared.queue().last_of(id)
+    }
+
+    /// Every ticket up to this one is durable: blocks written under them may leave the cache.
+    pub fn durable_ticket(&self) -> u64 {
+        self.shared.queue().durable_ticket()
     }
 
     /// Blocks until every block queued up to `ticket` is durable on the pageserver.
@@ -393,6 +471,7 @@ struct Uploader {
     timeline: String,
     term: u64,
     shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
 }
 
 impl Uploader {
@@ -407,15 +486,19 @@ impl Uploader {
                 .iter()
                 .map(|(_, b)| PageUpload::new(b.file, b.block, b.lsn, b.image.clone()))
                 .collect();
+            let started = Instant::now();
             match self.client.put_pages(&self.timeline, self.term, &uploads).await {
                 Ok(acked) => {
+                    self.metrics
+                        .record_upload(batch.len(), started.elapsed().as_secs_f64());
                     let mut q = self.shared.queue();
-                    for (ticket, _) in &batch {
-                        q.outstanding.remove(ticket);
-                    }
+                    q.acknowledge(&batch);
                     q.last_seq = q.last_seq.max(acked.last_seq);
+                    self.metrics
+                        .set_upload_queue(q.outstanding.len(), q.outstanding_bytes);
                 }
                 Err(e) if e.status().is_some_and(|s| s.is_client_error()) => {
+                    self.metrics.record_remote_error(Service::Pageserver);
                     // Refused (a newer writer's term, a bad upload): retrying cannot help.
                     tracing::error!(timeline = %self.timeline, error = %e, "page uploads refused: fsyncs of data files will fail");
                     self.shared.queue().fatal = Some(e.to_string());
@@ -423,24 +506,11 @@ impl Uploader {
                     return;
                 }
                 Err(e) => {
+                    self.metrics.record_remote_error(Service::Pageserver);
                     // Still unreachable after the retry window: put the blocks back (unless a newer
                     // write replaced them) and keep trying; waiting fsyncs fail by their deadline.
                     tracing::warn!(timeline = %self.timeline, error = %e, "page uploads failing; retrying");
-                    {
-                        let mut guard = self.shared.queue();
-                        let q = &mut *guard;
-                        for (ticket, block) in batch {
-                            match q.by_block.entry((block.file, block.block)) {
-                                Entry::Vacant(slot) => {
-                                    slot.insert(ticket);
-                                    q.pending.insert(ticket, block);
-                                }
-                                Entry::Occupied(_) => {
-                                    q.outstanding.remove(&ticket);
-                                }
-                            }
-                        }
-                    }
+                    self.shared.queue().requeue(batch);
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
@@ -492,5 +562,32 @@ mod tests {
         assert_eq!(q.take_batch().len(), 1);
         q.outstanding.remove(&a3);
         assert_eq!(q.durable_ticket(), a3);
+    }
+
+    #[test]
+    fn queued_bytes_and_per_file_tickets_follow_writes_acks_and_failures() {
+        let mut q = UploadQueue::default();
+        let a = q.enqueue(block(1, 0, 1));
+        let b = q.enqueue(block(2, 0, 2));
+        assert_eq!(
+            (q.outstanding_bytes, q.last_of(1), q.last_of(2), q.last_of(3)),
+            (8, a, b, 0)
+        );
+        let a2 = q.enqueue(block(1, 0, 3));
+        assert_eq!(q.outstanding_bytes, 8, "a replaced image is no longer counted");
+        assert_eq!(q.last_of(1), a2);
+
+        let batch = q.take_batch();
+        let c = q.enqueue(block(1, 0, 4));
+        assert_eq!(q.outstanding_bytes, 12, "in flight and queued again");
+        q.requeue(batch);
+        assert_eq!(
+            (q.outstanding_bytes, q.pending.len()),
+            (8, 2),
+            "the failed image of block (1, 0) is dropped: a newer one is queued"
+        );
+        let batch = q.take_batch();
+        q.acknowledge(&batch);
+        assert_eq!((q.outstanding_bytes, q.durable_ticket()), (0, c));
     }
 }

@@ -14,6 +14,7 @@ use ibd_api::{ClientError, RetryPolicy};
 use ibd_format::redo::{Checkpoint, LogGeometry, Lsn, SyntheticLog};
 use tokio::sync::mpsc;
 
+use crate::metrics::{Metrics, Service};
 use crate::redo_tail::RedoEvent;
 use crate::wait::wait_for;
 
@@ -63,7 +64,12 @@ pub struct WalShipper {
 impl WalShipper {
     /// Acquires a new term for `timeline` (fencing any older writer) and starts shipping on the
     /// current tokio runtime. `limit` bounds how long an fsync waits through an outage.
-    pub async fn start(client: WalsyncClient, timeline: &str, limit: Duration) -> Result<Self, ClientError> {
+    pub async fn start(
+        client: WalsyncClient,
+        timeline: &str,
+        limit: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, ClientError> {
         // Start-up fails fast with the client's own short retries; shipping then retries through
         // an outage for up to `limit`.
         let granted = client.acquire_term(timeline, None).await?;
@@ -75,6 +81,9 @@ impl WalShipper {
             }),
             changed: Condvar::new(),
         });
+        if let Some(durable) = granted.durable_lsn {
+            metrics.set_wal_durable_lsn(durable);
+        }
         let (events, rx) = mpsc::unbounded_channel();
         let url = client.base_url().to_string();
         let task = ShipTask {
@@ -83,6 +92,7 @@ impl WalShipper {
             term: granted.term,
             shared: shared.clone(),
             held: Vec::new(),
+            metrics,
         };
         tokio::spawn(task.run(rx));
         tracing::info!(%timeline, term = granted.term, durable_lsn = ?granted.durable_lsn, "shipping redo to walsync");
@@ -181,6 +191,7 @@ struct ShipTask {
     /// Checkpoints whose FILE_CHECKPOINT mtr (at `end_lsn`) is not durable yet: walsync records a
     /// checkpoint only over durable WAL (an adopted log sends its checkpoint before its WAL).
     held: Vec<WireCheckpoint>,
+    metrics: Arc<Metrics>,
 }
 
 impl ShipTask {
@@ -193,6 +204,7 @@ impl ShipTask {
             }
             for event in coalesce(batch) {
                 if let Err(e) = self.ship(event).await {
+                    self.metrics.record_remote_error(Service::Walsync);
                     tracing::error!(timeline = %self.timeline, error = %e, "redo shipping stopped: fsyncs of the log will fail");
                     self.shared.progress().fatal = Some(e.to_string());
                     self.shared.changed.notify_all();
@@ -206,6 +218,7 @@ impl ShipTask {
         let (tl, term) = (&self.timeline, self.term);
         match event {
             RedoEvent::Wal { start_lsn, bytes, .. } => {
+                self.metrics.set_wal_shipped_lsn(start_lsn + bytes.len() as u64);
                 let acked = self
                     .client
                     .append(tl, term, start_lsn, Bytes::from(bytes))
@@ -214,6 +227,7 @@ impl ShipTask {
                     let mut progress = self.shared.progress();
                     progress.durable = progress.durable.max(Some(acked.durable_lsn));
                 }
+                self.metrics.set_wal_durable_lsn(acked.durable_lsn);
                 self.shared.changed.notify_all();
                 let (ready, held): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held)
                     .into_iter()
