@@ -14,9 +14,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::cache::{BlockSet, PageCache, BLOCK};
 use crate::error::{FsError, FsResult};
 use crate::inode::{InodeTable, CONTROL_DIR_INO, ROOT_INO, STATUS_FILE_INO};
 use crate::kind::FileKind;
@@ -155,13 +156,19 @@ pub struct Datadir {
     wal: Option<WalShipper>,
     /// Where page and generic files go; `None` keeps them local only.
     pages: Option<PageShipper>,
-    /// A fresh node's blocks not fetched yet, by pageserver file id.
-    absent: Mutex<HashMap<u64, BlockSet>>,
+    /// Which blocks of shipped files the backing tree holds (with `pages`).
+    cache: Option<PageCache>,
+    /// Held (shared) while eviction maps file ids to backing paths, (exclusive) while names change.
+    namespace: RwLock<()>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The tables stay consistent between statements; a panic elsewhere must not wedge the mount.
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write_lock(l: &RwLock<()>) -> std::sync::RwLockWriteGuard<'_, ()> {
+    l.write().unwrap_or_else(|e| e.into_inner())
 }
 
 fn cstring(path: &Path) -> FsResult<CString> {
@@ -180,55 +187,6 @@ fn cvt(ret: libc::c_int, op: &'static str) -> FsResult<()> {
         return Err(FsError::io(op)(std::io::Error::last_os_error()));
     }
     Ok(())
-}
-
-/// Shipping granularity: a page of page files, a block of generic files.
-const BLOCK: u64 = ibd_format::page::PAGE_SIZE as u64;
-
-/// Block numbers of one file, as a bitmap: the blocks a fresh node has not fetched yet.
-#[derive(Debug, Clone, Default)]
-struct BlockSet {
-    words: Vec<u64>,
-    count: usize,
-}
-
-impl BlockSet {
-    fn all(blocks: u64) -> Self {
-        let mut words = vec![u64::MAX; blocks.div_ceil(64) as usize];
-        if blocks % 64 != 0 {
-            *words.last_mut().expect("non-empty") = (1u64 << (blocks % 64)) - 1;
-        }
-        Self {
-            words,
-            count: blocks as usize,
-        }
-    }
-
-    fn contains(&self, block: u64) -> bool {
-        self.words
-            .get((block / 64) as usize)
-            .is_some_and(|w| w & (1 << (block % 64)) != 0)
-    }
-
-    fn remove(&mut self, block: u64) {
-        if let Some(w) = self.words.get_mut((block / 64) as usize) {
-            if *w & (1 << (block % 64)) != 0 {
-                *w &= !(1 << (block % 64));
-                self.count -= 1;
-            }
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.count == 0
-    }
-
-    /// Forgets every block from `blocks` on (the file was truncated to that many blocks).
-    fn truncate(&mut self, blocks: u64) {
-        for b in blocks..self.words.len() as u64 * 64 {
-            self.remove(b);
-        }
-    }
 }
 
 /// Reads into `buf` from `offset` until it is full or the file ends; returns the bytes read.
@@ -333,14 +291,20 @@ impl Datadir {
             redo: Mutex::new(HashMap::new()),
             wal: None,
             pages: None,
-            absent: Mutex::new(HashMap::new()),
+            cache: None,
+            namespace: RwLock::new(()),
         })
     }
 
     /// Ships page and generic files to the pageserver and makes their fsyncs wait for it
     /// (invariant 2). Brings the timeline in line with the local files first (see `reconcile`).
-    pub fn with_page_shipper(mut self, shipper: PageShipper) -> FsResult<Self> {
+    /// The cache holds at most `cache_size` bytes of these files' blocks, evicting blocks the
+    /// pageserver has (see [`Datadir::evict`]).
+    pub fn with_page_shipper(mut self, shipper: PageShipper, cache_size: u64) -> FsResult<Self> {
         self.pages = Some(shipper);
+        self.cache = Some(
+            PageCache::open(&self.info.cache_dir, cache_size).map_err(FsError::io("open the cache map"))?,
+        );
         self.reconcile()?;
         Ok(self)
     }
@@ -351,11 +315,14 @@ impl Datadir {
     }
 
     /// Local files the timeline does not know are registered and uploaded; after an unclean stop
-    /// (dirty blocks may not have reached the pageserver) every local block is uploaded again.
-    /// A timeline holding files the cache lacks needs a fresh-node mount, which this version
-    /// refuses rather than serve a partial datadir.
+    /// (dirty blocks may not have reached the pageserver) every local block holding data is
+    /// uploaded again; the holes the saved absent sets list are fetched when read. A timeline
+    /// holding files the cache lacks needs a fresh-node mount, which this version refuses rather
+    /// than serve a partial datadir.
     fn reconcile(&self) -> FsResult<()> {
-        let Some(pages) = &self.pages else { return Ok(()) };
+        let (Some(pages), Some(cache)) = (&self.pages, &self.cache) else {
+            return Ok(());
+        };
         let clean = self.clean_marker().exists();
         let _ = fs::remove_file(self.clean_marker());
         let mut local = Vec::new();
@@ -366,9 +333,10 @@ impl Datadir {
                 FileKind::Page | FileKind::Generic
             )
         };
-        let hydrating = self.hydrating_marker().exists();
-        if hydrating || (!local.iter().any(|(p, _)| shipped_kind(p)) && !pages.all_files().is_empty()) {
-            return self.materialize(pages, hydrating);
+        local.retain(|(p, _)| shipped_kind(p));
+        let materializing = self.hydrating_marker().exists();
+        if materializing || (local.is_empty() && !pages.all_files().is_empty()) {
+            return self.materialize(pages, cache, materializing);
         }
         let remote = Self::page_error("reconcile with the pageserver");
         let missing: Vec<String> = pages
@@ -387,22 +355,26 @@ impl Datadir {
                 ),
             });
         }
+        let known: Vec<u64> = local
+            .iter()
+            .filter_map(|(p, _)| pages.file(p))
+            .map(|f| f.id)
+            .collect();
+        cache.retain_files(|id| known.contains(&id));
         for (path, size) in local {
             let kind = FileKind::of(std::path::Path::new(&path).file_name().unwrap_or_default());
-            if !matches!(kind, FileKind::Page | FileKind::Generic) {
-                continue;
-            }
-            let id = match pages.file(&path) {
-                Some(f) if clean => {
-                    pages.set_size(f.id, size).map_err(remote)?;
-                    continue;
-                }
-                Some(f) => f.id,
-                None => pages.create(&path, kind, size).map_err(remote)?,
+            let (id, upload) = match pages.file(&path) {
+                Some(f) => (f.id, !clean),
+                None => (pages.create(&path, kind, size).map_err(remote)?, true),
             };
-            let file = File::open(self.backing.join(&path)).map_err(FsError::io("open for upload"))?;
-            for block in 0..size.div_ceil(BLOCK) {
-                self.queue_block(pages, &file, kind, id, block, None)?;
+            let blocks = size.div_ceil(BLOCK);
+            cache.load_resident(id, blocks);
+            if upload {
+                let absent = cache.saved_absent(id).unwrap_or_default();
+                let file = File::open(self.backing.join(&path)).map_err(FsError::io("open for upload"))?;
+                for block in (0..blocks).filter(|&b| !absent.contains(b)) {
+                    self.queue_block(pages, &file, kind, id, block, None)?;
+                }
             }
             pages.set_size(id, size).map_err(remote)?;
         }
@@ -410,8 +382,8 @@ impl Datadir {
         pages.wait_durable(ticket).map_err(remote)
     }
 
-    /// Marker of a cache that does not hold every block yet (a fresh node): its holes may be
-    /// blocks still on the pageserver, so a mount finding it after a daemon crash starts over.
+    /// Marker of a fresh-node mount that has not finished laying out its files: a mount finding
+    /// it after a daemon crash starts over.
     fn hydrating_marker(&self) -> PathBuf {
         self.info.cache_dir.join("hydrating")
     }
@@ -420,7 +392,7 @@ impl Datadir {
     /// on first use, and `ib_logfile0` synthesized from walsync (header with the timeline's
     /// geometry, its latest checkpoint, the durable WAL from there): MariaDB's own crash recovery
     /// then brings the datadir to walsync's durable LSN.
-    fn materialize(&self, pages: &PageShipper, restart: bool) -> FsResult<()> {
+    fn materialize(&self, pages: &PageShipper, cache: &PageCache, restart: bool) -> FsResult<()> {
         if restart {
             tracing::warn!("an earlier fresh-node mount did not finish hydrating: starting over from the storage services");
             fs::remove_dir_all(&self.backing).map_err(FsError::io("wipe the cache"))?;
@@ -430,15 +402,23 @@ impl Datadir {
                 .map_err(FsError::io("create backing tree"))?;
         }
         File::create(self.hydrating_marker()).map_err(FsError::io("mark the cache as hydrating"))?;
-        let mut absent = lock(&self.absent);
-        let mut files = 0;
-        for f in pages.all_files() {
-            if !matches!(
-                f.kind,
-                ibd_api::pageserver::FileKind::Page | ibd_api::pageserver::FileKind::Generic
-            ) {
-                continue;
-            }
+        let files: Vec<_> = pages
+            .all_files()
+            .into_iter()
+            .filter(|f| {
+                matches!(
+                    f.kind,
+                    ibd_api::pageserver::FileKind::Page | ibd_api::pageserver::FileKind::Generic
+                )
+            })
+            .collect();
+        // Every block is a hole with its data on the pageserver; saved before the holes exist.
+        cache.retain_files(|_| false);
+        for f in &files {
+            cache.track_absent(f.id, BlockSet::all(f.size.div_ceil(BLOCK)));
+        }
+        cache.save(&[]).map_err(FsError::io("save the cache map"))?;
+        for f in &files {
             let path = self.backing.join(&f.path);
             if let Some(dir) = path.parent() {
                 fs::DirBuilder::new()
@@ -454,10 +434,20 @@ impl Datadir {
                 .open(&path)
                 .map_err(FsError::io("create file"))?;
             file.set_len(f.size).map_err(FsError::io("size file"))?;
-            absent.insert(f.id, BlockSet::all(f.size.div_ceil(BLOCK)));
-            files += 1;
         }
-        drop(absent);
+        self.synthesize_log()?;
+        fs::remove_file(self.hydrating_marker()).map_err(FsError::io("finish the fresh-node layout"))?;
+        tracing::info!(
+            files = files.len(),
+            "fresh node: files laid out (pages come from the pageserver on first use)"
+        );
+        Ok(())
+    }
+
+    /// `ib_logfile0` for a fresh node: header with the timeline's geometry, its latest checkpoint,
+    /// the durable WAL from there. MariaDB's own crash recovery then brings the datadir to
+    /// walsync's durable LSN.
+    fn synthesize_log(&self) -> FsResult<()> {
         let Some(wal) = &self.wal else {
             tracing::warn!(
                 "fresh node without --walsync: the datadir has no redo log and MariaDB will not start"
@@ -488,18 +478,18 @@ impl Datadir {
         }
         file.sync_all().map_err(FsError::io("sync ib_logfile0"))?;
         tracing::info!(
-            files,
             checkpoint_lsn = log.checkpoint.checkpoint_lsn,
             end_lsn = end,
-            "fresh node: files materialized (pages come from the pageserver on first use), ib_logfile0 synthesized"
+            "fresh node: ib_logfile0 synthesized from walsync"
         );
         Ok(())
     }
 
-    /// Fetches the blocks of `[offset, offset + len)` that a fresh node does not hold yet, except
-    /// those lying wholly inside `overwritten` (about to be replaced). Holds the pages' lock while
-    /// installing and re-checks under it, so a concurrent write is never replaced by older data.
-    /// Returns whether it fetched anything.
+    /// Fetches the blocks of `[offset, offset + len)` the cache does not hold, except those lying
+    /// wholly inside `overwritten` (about to be replaced); a read (`overwritten` None) also
+    /// fetches ahead while the file is read sequentially. Holds the pages' lock while installing
+    /// and re-checks under it, so a concurrent write is never replaced by older data. Returns
+    /// whether it fetched anything.
     fn hydrate(
         &self,
         id: u64,
@@ -509,26 +499,29 @@ impl Datadir {
         len: u64,
         overwritten: Option<(u64, u64)>,
     ) -> FsResult<bool> {
-        let Some(pages) = &self.pages else {
+        let (Some(pages), Some(cache)) = (&self.pages, &self.cache) else {
             return Ok(false);
         };
         let (first, last) = (offset / BLOCK, (offset + len.max(1) - 1) / BLOCK);
-        let wanted = |absent: &HashMap<u64, BlockSet>| -> Vec<u64> {
-            let Some(set) = absent.get(&id) else {
-                return Vec::new();
-            };
-            (first..=last)
-                .filter(|&b| set.contains(b))
-                .filter(|&b| overwritten.is_none_or(|(o, l)| b * BLOCK < o || (b + 1) * BLOCK > o + l))
-                .collect()
+        let (planned, end) = match overwritten {
+            None => cache.plan_read(id, first, last, u64::MAX),
+            Some(_) => (cache.absent_in(id, first, last, overwritten), last),
         };
-        if wanted(&lock(&self.absent)).is_empty() {
+        if planned.is_empty() {
             return Ok(false);
         }
+        let blocks_now = |file: &File| -> FsResult<u64> {
+            Ok(file
+                .metadata()
+                .map_err(FsError::io("fstat"))?
+                .len()
+                .div_ceil(BLOCK))
+        };
+        let end = end.min(blocks_now(file)?.saturating_sub(1)).max(last);
         let _pages = self
             .page_locks
-            .write(ino, first * BLOCK, (last - first + 1) * BLOCK);
-        let blocks = wanted(&lock(&self.absent));
+            .write(ino, first * BLOCK, (end - first + 1) * BLOCK);
+        let blocks = cache.absent_in(id, first, end, overwritten);
         if blocks.is_empty() {
             return Ok(false);
         }
@@ -541,22 +534,13 @@ impl Datadir {
             file.write_all_at(&image[..n], block * BLOCK)
                 .map_err(FsError::io("install fetched block"))?;
         }
-        let mut absent = lock(&self.absent);
-        if let Some(set) = absent.get_mut(&id) {
-            blocks.iter().for_each(|&b| set.remove(b));
-        }
+        cache.fetched(id, &blocks);
         Ok(true)
     }
 
-    /// Blocks `[first, last]` of file `id` hold local data from now on (written or punched).
-    fn mark_present(&self, id: u64, first: u64, last: u64) {
-        if let Some(set) = lock(&self.absent).get_mut(&id) {
-            (first..=last).for_each(|b| set.remove(b));
-        }
-    }
-
-    /// Queues block `block` of a shipped file; `image` when the caller has the whole block,
-    /// else it is read from the backing file (the caller holds the page's lock).
+    /// Queues block `block` of a shipped file for upload and notes it as written in the cache;
+    /// `image` when the caller has the whole block, else it is read from the backing file (the
+    /// caller holds the page's lock).
     fn queue_block(
         &self,
         pages: &PageShipper,
@@ -581,15 +565,104 @@ impl Datadir {
         } else {
             0
         };
-        pages.dirty(id, block, lsn, image);
+        let ticket = pages.dirty(id, block, lsn, image);
+        if let Some(cache) = &self.cache {
+            cache.written(id, block, ticket);
+        }
         Ok(())
     }
 
-    /// Called when the filesystem is unmounted: waits for the uploads, then notes the clean stop.
+    /// Evicts until the cache is back under its budget, as far as durable blocks allow; then
+    /// waits for it to grow again. Runs on its own thread for the life of the mount.
+    pub fn run_evictor(&self) {
+        let Some(cache) = &self.cache else { return };
+        loop {
+            if cache.wait_over_budget(Duration::from_secs(1)) {
+                match self.evict() {
+                    // Nothing durable to drop yet: give the uploads time.
+                    Ok(0) => std::thread::sleep(Duration::from_millis(100)),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "cache eviction failed; retrying in 5 s");
+                        std::thread::sleep(Duration::from_secs(5));
+                    }
+                }
+            }
+            self.metrics
+                .set_cache_resident(cache.resident_bytes(), cache.budget());
+        }
+    }
+
+    /// One round of eviction: the least recently used blocks the pageserver has durably become
+    /// holes (invariant 3). Their absence is saved before any hole is punched. Returns how many
+    /// blocks were evicted.
+    pub fn evict(&self) -> FsResult<u64> {
+        let (Some(pages), Some(cache)) = (&self.pages, &self.cache) else {
+            return Ok(0);
+        };
+        let durable = pages.durable_ticket();
+        let candidates = cache.eviction_candidates(durable);
+        if candidates.is_empty() {
+            return Ok(0);
+        }
+        cache
+            .save(&candidates)
+            .map_err(FsError::io("save the cache map"))?;
+        let mut by_file: HashMap<u64, Vec<u64>> = HashMap::new();
+        candidates
+            .iter()
+            .for_each(|&(id, block)| by_file.entry(id).or_default().push(block));
+        // Names stay put while a file id is mapped to its backing file.
+        let _names = self.namespace.read().unwrap_or_else(|e| e.into_inner());
+        let mut evicted = 0;
+        for (id, blocks) in by_file {
+            let Some(info) = pages.path_of(id) else { continue };
+            let file = match OpenOptions::new().write(true).open(self.backing.join(&info.path)) {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(FsError::io("open for eviction")(e)),
+            };
+            let ino = self.ino_of(Path::new(&info.path));
+            for block in blocks {
+                let _page = self.page_locks.write(ino, block * BLOCK, BLOCK);
+                if !cache.evict((id, block), durable) {
+                    continue;
+                }
+                // SAFETY: `file` is open; fallocate has no memory arguments.
+                cvt(
+                    unsafe {
+                        libc::fallocate(
+                            file.as_raw_fd(),
+                            FALLOC_PUNCH_HOLE | FALLOC_KEEP_SIZE,
+                            (block * BLOCK) as i64,
+                            BLOCK as i64,
+                        )
+                    },
+                    "punch an evicted block",
+                )?;
+                evicted += 1;
+            }
+        }
+        self.metrics.record_evictions(evicted);
+        tracing::debug!(evicted, resident = cache.resident_bytes(), "cache eviction");
+        Ok(evicted)
+    }
+
+    /// The inode of the backing file at relative `path`.
+    fn ino_of(&self, path: &Path) -> u64 {
+        let mut inodes = lock(&self.inodes);
+        path.iter()
+            .fold(ROOT_INO, |parent, name| inodes.get_or_insert(parent, name))
+    }
+
+    /// Called when the filesystem is unmounted: waits for the uploads, saves what the cache holds,
+    /// then notes the clean stop.
     pub fn shutdown(&self) {
-        let Some(pages) = &self.pages else { return };
-        if lock(&self.absent).values().all(BlockSet::is_empty) {
-            let _ = fs::remove_file(self.hydrating_marker());
+        let (Some(pages), Some(cache)) = (&self.pages, &self.cache) else {
+            return;
+        };
+        if let Err(e) = cache.save(&[]) {
+            tracing::warn!(error = %e, "cannot save the cache map: the next mount fetches blocks again");
         }
         match pages.wait_durable(pages.current_ticket()) {
             Ok(()) => {
@@ -720,11 +793,9 @@ impl Datadir {
                 // A truncate may cut through a page: exclude its readers like a write does.
                 let _pages = self.page_locks.write(ino, size, u64::MAX / 2 - size);
                 file.set_len(size).map_err(FsError::io("truncate"))?;
-                if let Some(id) = remote {
+                if let (Some(id), Some(cache)) = (remote, &self.cache) {
                     // Blocks past the new end are gone; the ones before keep their state.
-                    if let Some(set) = lock(&self.absent).get_mut(&id) {
-                        set.truncate(size.div_ceil(BLOCK));
-                    }
+                    cache.truncate(id, size.div_ceil(BLOCK));
                 }
                 if let Some(pages) = &self.pages {
                     if let Some(f) = pages.file(&self.relative(&path)) {
@@ -776,12 +847,13 @@ impl Datadir {
 
     pub fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
         let path = self.child_path(parent, name)?;
+        let _names = write_lock(&self.namespace);
         fs::remove_file(&path).map_err(FsError::io("unlink"))?;
         lock(&self.inodes).remove(parent, name);
         if let Some(pages) = &self.pages {
             let rel = self.relative(&path);
-            if let Some(f) = pages.file(&rel) {
-                lock(&self.absent).remove(&f.id);
+            if let (Some(f), Some(cache)) = (pages.file(&rel), &self.cache) {
+                cache.forget(f.id);
             }
             pages.unlink(&rel).map_err(Self::page_error("unlink"))?;
         }
@@ -817,6 +889,7 @@ impl Datadir {
             self.child_path(new_parent, new_name)?,
         );
         let (from, to) = (cstring(&from_path)?, cstring(&to_path)?);
+        let _names = write_lock(&self.namespace);
         // SAFETY: both paths are valid NUL-terminated strings; AT_FDCWD with absolute paths.
         let ret =
             unsafe { libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), flags) };
@@ -1053,6 +1126,29 @@ impl Datadir {
         Ok(self.opened(file, ino, kind, flags, remote))
     }
 
+    /// Whether a read or write of `[offset, offset + len)` through `fh` may have to fetch blocks
+    /// from the pageserver.
+    pub fn may_fetch(&self, fh: u64, offset: u64, len: u64) -> bool {
+        let Some(cache) = &self.cache else { return false };
+        let Ok(handle) = self.handle(fh) else { return false };
+        match &*handle {
+            Handle::File(OpenFile { remote: Some(id), .. }) => {
+                cache.any_absent(*id, offset / BLOCK, (offset + len.max(1) - 1) / BLOCK)
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether an fsync (or, `on_close`, a flush) of `fh` waits for a storage service.
+    pub fn syncs_remotely(&self, fh: u64, on_close: bool) -> bool {
+        let Ok(handle) = self.handle(fh) else { return false };
+        match &*handle {
+            Handle::File(f) if on_close => f.remote.is_some() && f.kind == FileKind::Generic,
+            Handle::File(f) => f.remote.is_some() || (f.kind == FileKind::Redo && self.wal.is_some()),
+            Handle::Status(_) => false,
+        }
+    }
+
     pub fn release(&self, fh: u64) {
         lock(&self.handles).remove(&fh);
     }
@@ -1103,7 +1199,6 @@ impl Datadir {
             if let Some((pages, id)) = shipped {
                 // Queued under the page lock: the images are exactly what this write left.
                 let (first, last) = (offset / BLOCK, (offset + len.max(1) - 1) / BLOCK);
-                self.mark_present(id, first, last);
                 for block in first..=last {
                     let start = block * BLOCK;
                     let whole = (start >= offset && start + BLOCK <= offset + data.len() as u64)
@@ -1242,7 +1337,6 @@ impl Datadir {
             "fallocate",
         )?;
         if let (true, Some(pages), Some(id)) = (punch && length > 0, &self.pages, remote) {
-            self.mark_present(*id, offset / BLOCK, (offset + length - 1) / BLOCK);
             for block in offset / BLOCK..=(offset + length - 1) / BLOCK {
                 self.queue_block(pages, file, *kind, *id, block, None)?;
             }
@@ -1450,20 +1544,6 @@ mod tests {
             listed.iter().all(|e| e.name != CONTROL_DIR_NAME),
             "MariaDB would see a database"
         );
-    }
-
-    #[test]
-    fn block_sets_track_what_a_fresh_node_still_has_to_fetch() {
-        let mut set = BlockSet::all(130);
-        assert!(set.contains(0) && set.contains(129) && !set.contains(130));
-        set.remove(64);
-        set.remove(64);
-        assert!(!set.contains(64) && set.contains(63) && set.contains(65));
-        set.truncate(100);
-        assert!(set.contains(99) && !set.contains(100));
-        (0..100).for_each(|b| set.remove(b));
-        assert!(set.is_empty());
-        assert!(BlockSet::all(0).is_empty());
     }
 
     #[test]

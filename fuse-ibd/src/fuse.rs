@@ -23,29 +23,55 @@ const TTL: Duration = Duration::from_secs(1);
 
 pub struct FuseAdapter {
     core: Arc<Datadir>,
+    /// Where requests that may wait for a storage service are answered (its blocking pool), so
+    /// the FUSE threads keep serving cached requests through a fetch, an fsync or an outage.
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+/// Runs one operation, records its latency and errno, and logs failures worth seeing.
+fn answer<T>(core: &Datadir, op: &'static str, f: impl FnOnce() -> FsResult<T>) -> Result<T, Errno> {
+    let started = Instant::now();
+    let result = f();
+    let errno = result.as_ref().err().map(|e| e.errno());
+    core.metrics()
+        .record_op(op, started.elapsed().as_secs_f64(), errno);
+    result.map_err(|e| {
+        match e.errno() {
+            // Lookups of names that do not exist and "already exists" are normal traffic.
+            libc::ENOENT | libc::EEXIST | libc::ENOTEMPTY => tracing::trace!(op, error = %e),
+            _ => tracing::warn!(op, error = %e, "request failed"),
+        }
+        Errno::from_i32(e.errno())
+    })
 }
 
 impl FuseAdapter {
-    pub fn new(core: Arc<Datadir>) -> Self {
-        Self { core }
+    /// `runtime`: where requests that wait for the network are answered; `None` answers
+    /// everything on the FUSE threads.
+    pub fn new(core: Arc<Datadir>, runtime: Option<tokio::runtime::Handle>) -> Self {
+        Self { core, runtime }
     }
 
-    /// Runs one operation, records its latency and errno, and logs failures worth seeing.
     fn answer<T>(&self, op: &'static str, f: impl FnOnce() -> FsResult<T>) -> Result<T, Errno> {
-        let started = Instant::now();
-        let result = f();
-        let errno = result.as_ref().err().map(|e| e.errno());
-        self.core
-            .metrics()
-            .record_op(op, started.elapsed().as_secs_f64(), errno);
-        result.map_err(|e| {
-            match e.errno() {
-                // Lookups of names that do not exist and "already exists" are normal traffic.
-                libc::ENOENT | libc::EEXIST | libc::ENOTEMPTY => tracing::trace!(op, error = %e),
-                _ => tracing::warn!(op, error = %e, "request failed"),
+        answer(&self.core, op, f)
+    }
+
+    /// Answers `op` on the runtime's blocking pool when `waits` (it may wait for a storage
+    /// service), else right here; `reply` sends the result either way.
+    fn answer_off_loop<T: 'static>(
+        &self,
+        op: &'static str,
+        waits: bool,
+        f: impl FnOnce(&Datadir) -> FsResult<T> + Send + 'static,
+        reply: impl FnOnce(Result<T, Errno>) + Send + 'static,
+    ) {
+        match self.runtime.as_ref().filter(|_| waits) {
+            Some(runtime) => {
+                let core = self.core.clone();
+                runtime.spawn_blocking(move || reply(answer(&core, op, || f(&core))));
             }
-            Errno::from_i32(e.errno())
-        })
+            None => reply(answer(&self.core, op, || f(&self.core))),
+        }
     }
 }
 
@@ -275,10 +301,16 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.answer("read", || self.core.read(fh.0, offset, size)) {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(e),
-        }
+        let waits = self.core.may_fetch(fh.0, offset, u64::from(size));
+        self.answer_off_loop(
+            "read",
+            waits,
+            move |core| core.read(fh.0, offset, size),
+            move |result| match result {
+                Ok(data) => reply.data(&data),
+                Err(e) => reply.error(e),
+            },
+        );
     }
 
     fn write(
@@ -293,9 +325,21 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.answer("write", || self.core.write(fh.0, offset, data, flags.0)) {
+        let reply = move |result: Result<u32, Errno>| match result {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(e),
+        };
+        if self.core.may_fetch(fh.0, offset, data.len() as u64) {
+            // A partial write of a block the cache does not hold merges it with the fetched block.
+            let data = data.to_vec();
+            self.answer_off_loop(
+                "write",
+                true,
+                move |core| core.write(fh.0, offset, &data, flags.0),
+                reply,
+            );
+        } else {
+            reply(self.answer("write", || self.core.write(fh.0, offset, data, flags.0)));
         }
     }
 
@@ -308,10 +352,15 @@ impl Filesystem for FuseAdapter {
         reply: ReplyEmpty,
     ) {
         // Answering (never ENOSYS) keeps the kernel from concluding flush is unsupported.
-        match self.answer("flush", || self.core.flush(fh.0)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.answer_off_loop(
+            "flush",
+            self.core.syncs_remotely(fh.0, true),
+            move |core| core.flush(fh.0),
+            move |result| match result {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            },
+        );
     }
 
     fn release(
@@ -329,10 +378,15 @@ impl Filesystem for FuseAdapter {
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
-        match self.answer("fsync", || self.core.fsync(fh.0, datasync)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        self.answer_off_loop(
+            "fsync",
+            self.core.syncs_remotely(fh.0, false),
+            move |core| core.fsync(fh.0, datasync),
+            move |result| match result {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            },
+        );
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {

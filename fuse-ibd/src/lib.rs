@@ -6,6 +6,7 @@
 //! writes atomic ([`page_locks`]), and maps every failure to an errno in one place ([`error`]).
 //! What the mount promises is written down in `docs/SEMANTICS.md`.
 
+pub mod cache;
 pub mod datadir;
 pub mod error;
 pub mod fuse;

@@ -66,6 +66,11 @@ struct MountArgs {
     /// across restarts).
     #[arg(long, requires = "ebpf")]
     ebpf_pid_file: Option<PathBuf>,
+    /// Size budget of the local cache of page and generic files (e.g. 1GiB, 512MiB). Blocks the
+    /// pageserver has durably are evicted past it; blocks not yet uploaded never are, so the
+    /// cache may exceed it by the upload queue (at most 256 MiB).
+    #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+    cache_size: u64,
     /// How long reads and fsyncs wait through an outage of a storage service before failing
     /// with EIO (e.g. 60s, 500ms).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
@@ -83,6 +88,28 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" => Ok(Duration::from_secs(n * 60)),
         _ => Err(format!("{text:?}: unknown unit {unit:?} (use ms, s or m)")),
     }
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a number with a unit (1GiB, 512MiB)"))?;
+    let shift = match unit {
+        "" | "B" => 0,
+        "K" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        "T" | "TiB" => 40,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use KiB, MiB, GiB or TiB)"
+            ))
+        }
+    };
+    n.checked_mul(1 << shift)
+        .filter(|&bytes| bytes >= 1 << 20)
+        .ok_or_else(|| format!("{text:?}: the cache needs between 1 MiB and 16 EiB"))
 }
 
 fn main() -> Result<()> {
@@ -142,10 +169,16 @@ fn mount(args: MountArgs) -> Result<()> {
             ))
             .with_context(|| format!("pageserver at {url} is not usable (is it running?)"))?;
         core = core
-            .with_page_shipper(shipper)
+            .with_page_shipper(shipper, args.cache_size)
             .context("cannot bring the timeline in line with the cache")?;
     }
     let core = Arc::new(core);
+    {
+        let core = core.clone();
+        std::thread::Builder::new()
+            .name("cache-evictor".into())
+            .spawn(move || core.run_evictor())?;
+    }
     if let Some(addr) = args.metrics {
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind(addr))
@@ -167,7 +200,7 @@ fn mount(args: MountArgs) -> Result<()> {
     }
 
     let session = fuser::spawn_mount(
-        FuseAdapter::new(core),
+        FuseAdapter::new(core, Some(runtime.handle().clone())),
         &datadir,
         &mount_config(&cache_dir, args.threads),
     )

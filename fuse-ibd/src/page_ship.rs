@@ -313,7 +313,8 @@ impl PageShipper {
         Ok(())
     }
 
-    fn path_of(&self, id: u64) -> Option<FileInfo> {
+    /// The file with id `id`, if the timeline has it.
+    pub fn path_of(&self, id: u64) -> Option<FileInfo> {
         self.files().values().find(|f| f.id == id).cloned()
     }
 
