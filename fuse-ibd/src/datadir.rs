@@ -1139,6 +1139,20 @@ impl Datadir {
         }
     }
 
+    /// The name of inode `ino` (empty if unknown).
+    pub fn name_of(&self, ino: u64) -> std::ffi::OsString {
+        lock(&self.inodes)
+            .name(ino)
+            .map(OsStr::to_os_string)
+            .unwrap_or_default()
+    }
+
+    /// Whether namespace changes (create, rename, unlink, truncate) of a file named `name` call
+    /// the pageserver.
+    pub fn ships(&self, name: &OsStr) -> bool {
+        self.pages.is_some() && matches!(FileKind::of(name), FileKind::Page | FileKind::Generic)
+    }
+
     /// Whether an fsync (or, `on_close`, a flush) of `fh` waits for a storage service.
     pub fn syncs_remotely(&self, fh: u64, on_close: bool) -> bool {
         let Ok(handle) = self.handle(fh) else { return false };

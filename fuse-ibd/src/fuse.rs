@@ -195,10 +195,17 @@ impl Filesystem for FuseAdapter {
             atime: atime.map(system_time),
             mtime: mtime.map(system_time),
         };
-        match self.answer("setattr", || self.core.setattr(ino.0, fh.map(|f| f.0), change)) {
-            Ok(a) => reply.attr(&TTL, &fuse_attr(&a)),
-            Err(e) => reply.error(e),
-        }
+        // A truncate of a shipped file tells the pageserver the new size.
+        let waits = size.is_some() && self.core.ships(self.core.name_of(ino.0).as_os_str());
+        self.answer_off_loop(
+            "setattr",
+            waits,
+            move |core| core.setattr(ino.0, fh.map(|f| f.0), change),
+            move |result| match result {
+                Ok(a) => reply.attr(&TTL, &fuse_attr(&a)),
+                Err(e) => reply.error(e),
+            },
+        );
     }
 
     fn mknod(
@@ -227,10 +234,16 @@ impl Filesystem for FuseAdapter {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.answer("unlink", || self.core.unlink(parent.0, name)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        let name = name.to_os_string();
+        self.answer_off_loop(
+            "unlink",
+            self.core.ships(&name),
+            move |core| core.unlink(parent.0, &name),
+            move |result| match result {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            },
+        );
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -250,13 +263,16 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        match self.answer("rename", || {
-            self.core
-                .rename(parent.0, name, newparent.0, newname, flags.bits())
-        }) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        let (name, newname) = (name.to_os_string(), newname.to_os_string());
+        self.answer_off_loop(
+            "rename",
+            self.core.ships(&name) || self.core.ships(&newname),
+            move |core| core.rename(parent.0, &name, newparent.0, &newname, flags.bits()),
+            move |result| match result {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e),
+            },
+        );
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
@@ -276,18 +292,22 @@ impl Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.answer("create", || {
-            self.core.create(parent.0, name, mode, flags, owner(req))
-        }) {
-            Ok((a, o)) => reply.created(
-                &TTL,
-                &fuse_attr(&a),
-                Generation(0),
-                FileHandle(o.fh),
-                fopen_flags(&o),
-            ),
-            Err(e) => reply.error(e),
-        }
+        let (name, owner) = (name.to_os_string(), owner(req));
+        self.answer_off_loop(
+            "create",
+            self.core.ships(&name),
+            move |core| core.create(parent.0, &name, mode, flags, owner),
+            move |result| match result {
+                Ok((a, o)) => reply.created(
+                    &TTL,
+                    &fuse_attr(&a),
+                    Generation(0),
+                    FileHandle(o.fh),
+                    fopen_flags(&o),
+                ),
+                Err(e) => reply.error(e),
+            },
+        );
     }
 
     fn read(
