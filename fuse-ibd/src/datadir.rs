@@ -139,6 +139,9 @@ impl Handle {
 pub struct MountInfo {
     pub datadir: PathBuf,
     pub cache_dir: PathBuf,
+    /// Owner of the mount point before mounting: a fresh node's files are given to it, so a
+    /// server running as `mysql` finds its datadir as `mariadb-install-db` left it.
+    pub owner: Owner,
 }
 
 pub struct Datadir {
@@ -185,6 +188,20 @@ fn check_name(name: &OsStr) -> FsResult<()> {
 fn cvt(ret: libc::c_int, op: &'static str) -> FsResult<()> {
     if ret == -1 {
         return Err(FsError::io(op)(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Gives `dir` and everything under it to `owner`.
+fn chown_tree(dir: &Path, owner: Owner) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(dir, Some(owner.uid), Some(owner.gid))?;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            chown_tree(&entry.path(), owner)?;
+        } else {
+            std::os::unix::fs::lchown(entry.path(), Some(owner.uid), Some(owner.gid))?;
+        }
     }
     Ok(())
 }
@@ -436,6 +453,8 @@ impl Datadir {
             file.set_len(f.size).map_err(FsError::io("size file"))?;
         }
         self.synthesize_log()?;
+        chown_tree(&self.backing, self.info.owner)
+            .map_err(FsError::io("give the files to the datadir's owner"))?;
         fs::remove_file(self.hydrating_marker()).map_err(FsError::io("finish the fresh-node layout"))?;
         tracing::info!(
             files = files.len(),
@@ -1460,6 +1479,7 @@ mod tests {
         let info = MountInfo {
             datadir: "/mnt/test".into(),
             cache_dir: dir.path().into(),
+            owner: ME,
         };
         let d = Datadir::new(dir.path().join("tree"), info, Arc::new(Metrics::default())).unwrap();
         (dir, d)

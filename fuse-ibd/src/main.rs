@@ -2,6 +2,7 @@
 //! unmount, then exits cleanly.
 
 use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use ebpf_probes::{KernelLatency, PidSource, ProbeConfig};
-use fuse_ibd::datadir::{Datadir, MountInfo};
+use fuse_ibd::datadir::{Datadir, MountInfo, Owner};
 use fuse_ibd::fuse::{mount_config, FuseAdapter};
 use fuse_ibd::metrics::Metrics;
 use fuse_ibd::metrics_server::MetricsService;
@@ -137,9 +138,14 @@ fn mount(args: MountArgs) -> Result<()> {
     unsafe { libc::umask(0) };
 
     let metrics = Arc::new(Metrics::default());
+    let mountpoint = std::fs::metadata(&datadir)?;
     let info = MountInfo {
         datadir: datadir.clone(),
         cache_dir: cache_dir.clone(),
+        owner: Owner {
+            uid: mountpoint.uid(),
+            gid: mountpoint.gid(),
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -94,9 +94,29 @@ fn a_wiped_node_comes_back_with_every_committed_transaction() {
     workload.join().unwrap();
     std::fs::remove_dir_all(root.path().join("a")).unwrap();
 
-    // Node B: empty disk, same timeline.
+    // Node B: empty disk, same timeline, a mount point owned by the server's user (as an
+    // operator prepares it for a mariadbd running as `mysql`).
+    let (mysql_uid, mysql_gid) = (1234, 2345);
+    let mnt_b = root.path().join("b").join("datadir");
+    std::fs::create_dir_all(&mnt_b).unwrap();
+    std::os::unix::fs::chown(&mnt_b, Some(mysql_uid), Some(mysql_gid)).unwrap();
     let fuse_b = mount(root.path(), "b", &pageserver, &walsync);
     assert!(fuse_b.log_text().contains("fresh node"), "{}", fuse_b.log_text());
+    for file in [
+        "",
+        "ibdata1",
+        "ib_logfile0",
+        "mysql/global_priv.MAD",
+        "bank/accounts.ibd",
+    ] {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(mnt_b.join(file)).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (mysql_uid, mysql_gid),
+            "{file:?} belongs to the mount point's owner"
+        );
+    }
     let db = MariaDb::start(&fuse_b.mountpoint, SERVER_ARGS).unwrap();
     assert!(
         db.error_log().contains("Starting crash recovery"),
