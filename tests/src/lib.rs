@@ -547,7 +547,7 @@ impl Service {
         }
     }
 
-    /// SIGKILL, as a crash or a power cut of the server: it is gone until [`Service::restart`].
+    /// SIGKILL, as a crash of the server: it is gone until [`Service::restart`].
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             // SAFETY: signalling our own child process; SIGCONT first so a stopped one can die.
@@ -578,12 +578,6 @@ impl Service {
             bail!("{} is still running", self.binary);
         }
         self.spawn(Duration::from_secs(10))
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     pub fn log_text(&self) -> String {
