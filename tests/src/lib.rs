@@ -458,10 +458,15 @@ impl Drop for FuseIbd {
     }
 }
 
-/// A running service binary of this workspace (`walsync`, `pageserver-lite`) on an ephemeral
-/// loopback port; SIGKILLed on drop.
+/// A running service binary of this workspace (`walsync`, `pageserver-lite`) on a loopback port;
+/// SIGKILLed on drop. It can be killed or stopped and started again on the same data dir and the
+/// same address, as an operator restarts a crashed server: clients keep their URL.
 pub struct Service {
     child: Option<Child>,
+    binary: String,
+    data_dir: PathBuf,
+    /// `host:port` it listens on (fixed after the first start).
+    addr: String,
     pub url: String,
     pub log: PathBuf,
 }
@@ -471,43 +476,66 @@ impl Service {
     /// the address it bound.
     pub fn start(binary: &str, data_dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(data_dir)?;
-        let addr_file = data_dir.with_extension("addr");
-        let _ = std::fs::remove_file(&addr_file);
         let log = data_dir.with_extension("log");
-        let child = Command::new(workspace_binary(binary))
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .arg("--addr-file")
-            .arg(&addr_file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .with_context(|| format!("spawning {binary}"))?;
+        let _ = std::fs::remove_file(&log);
         let mut service = Self {
-            child: Some(child),
+            child: None,
+            binary: binary.into(),
+            data_dir: data_dir.into(),
+            addr: "127.0.0.1:0".into(),
             url: String::new(),
             log,
         };
+        service.spawn(Duration::ZERO)?;
+        Ok(service)
+    }
+
+    /// Spawns the binary on `self.addr`; a bind that fails because the port is still held (a
+    /// socket of the killed process) is retried for up to `bind_retry`.
+    fn spawn(&mut self, bind_retry: Duration) -> Result<()> {
+        let addr_file = self.data_dir.with_extension("addr");
         let started = Instant::now();
         loop {
-            if let Ok(addr) = std::fs::read_to_string(&addr_file) {
-                if !addr.trim().is_empty() {
-                    service.url = format!("http://{}", addr.trim());
-                    return Ok(service);
+            let _ = std::fs::remove_file(&addr_file);
+            // Appended: the log of a restarted service keeps what the earlier run said.
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.log)?;
+            let mut child = Command::new(workspace_binary(&self.binary))
+                .args(["--listen", &self.addr, "--data-dir"])
+                .arg(&self.data_dir)
+                .arg("--addr-file")
+                .arg(&addr_file)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .with_context(|| format!("spawning {}", self.binary))?;
+            let exited = loop {
+                if let Ok(addr) = std::fs::read_to_string(&addr_file) {
+                    if !addr.trim().is_empty() {
+                        self.addr = addr.trim().to_string();
+                        self.url = format!("http://{}", self.addr);
+                        self.child = Some(child);
+                        return Ok(());
+                    }
                 }
+                if let Some(status) = child.try_wait()? {
+                    break status;
+                }
+                if started.elapsed() > Duration::from_secs(20) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    bail!("{} did not start listening within 20 s", self.binary);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            if started.elapsed() < bind_retry {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
             }
-            if let Some(status) = service.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                service.child = None;
-                bail!(
-                    "{binary} exited with {status}:\n{}",
-                    std::fs::read_to_string(&service.log).unwrap_or_default()
-                );
-            }
-            if started.elapsed() > Duration::from_secs(20) {
-                bail!("{binary} did not start listening within 20 s");
-            }
-            std::thread::sleep(Duration::from_millis(20));
+            bail!("{} exited with {exited}:\n{}", self.binary, self.log_text());
         }
     }
 
@@ -518,10 +546,9 @@ impl Service {
             unsafe { libc::kill(child.id() as i32, signal) };
         }
     }
-}
 
-impl Drop for Service {
-    fn drop(&mut self) {
+    /// SIGKILL, as a crash of the server: it is gone until [`Service::restart`].
+    pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             // SAFETY: signalling our own child process; SIGCONT first so a stopped one can die.
             unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
@@ -529,4 +556,397 @@ impl Drop for Service {
             let _ = child.wait();
         }
     }
+
+    /// SIGTERM and wait: a clean stop (it finishes its writes and exits 0).
+    pub fn stop(&mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            bail!("{} is not running", self.binary);
+        };
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let status = child.wait()?;
+        if !status.success() {
+            bail!("{} exited with {status}:\n{}", self.binary, self.log_text());
+        }
+        Ok(())
+    }
+
+    /// Starts the binary again on the same data dir and the same address (after
+    /// [`Service::kill`] or [`Service::stop`]).
+    pub fn restart(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            bail!("{} is still running", self.binary);
+        }
+        self.spawn(Duration::from_secs(10))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The value of a Prometheus sample on the service's `/metrics` (`name` with its labels, as
+    /// it appears before the value), or `None` if it has no such line.
+    pub fn metric(&self, name: &str) -> Result<Option<f64>> {
+        let text = http_get(&self.addr, "/metrics")?;
+        Ok(text.lines().find_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            (key == name).then(|| value.parse().ok())?
+        }))
+    }
+}
+
+/// A plain blocking `GET` (no client library needed for a metrics page); the body if 200.
+pub fn http_get(addr: &str, path: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("GET {path} from {addr}: no HTTP answer"))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("GET {path} from {addr}: {}", head.lines().next().unwrap_or(""));
+    }
+    Ok(body.to_string())
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// What the storage services hold, read with their clients (blocking, for tests).
+pub mod remote {
+    use std::path::Path;
+
+    use anyhow::{bail, Context, Result};
+    use ibd_api::pageserver::{FileKind, PageAddr, PageserverClient, ReadAt, ReadPagesRequest};
+
+    const BLOCK: u64 = 16384;
+
+    /// A runtime for blocking on the clients' futures.
+    pub fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a current-thread runtime")
+    }
+
+    /// Every page and generic file the pageserver lists for `timeline` has the size and exact
+    /// content of the same file under `dir` (a datadir on a quiet mount). Returns how many files
+    /// it compared.
+    pub fn assert_pageserver_matches(url: &str, timeline: &str, dir: &Path) -> Result<usize> {
+        let rt = runtime();
+        let ps = PageserverClient::new(url)?;
+        let files = rt.block_on(ps.list_files(timeline, ReadAt::Latest))?;
+        let mut checked = 0;
+        for f in files
+            .iter()
+            .filter(|f| matches!(f.kind, FileKind::Page | FileKind::Generic))
+        {
+            let local = std::fs::read(dir.join(&f.path)).with_context(|| format!("reading {}", f.path))?;
+            if f.size != local.len() as u64 {
+                bail!(
+                    "{}: {} bytes on the pageserver, {} locally",
+                    f.path,
+                    f.size,
+                    local.len()
+                );
+            }
+            let blocks: Vec<PageAddr> = (0..f.size.div_ceil(BLOCK))
+                .map(|block| PageAddr::File { file: f.id, block })
+                .collect();
+            for chunk in blocks.chunks(64) {
+                let req = ReadPagesRequest {
+                    at: ReadAt::Latest,
+                    pages: chunk.to_vec(),
+                };
+                let pages = rt.block_on(ps.read_pages(timeline, &req))?;
+                for (addr, page) in chunk.iter().zip(pages) {
+                    let PageAddr::File { block, .. } = addr else {
+                        unreachable!()
+                    };
+                    let start = (block * BLOCK) as usize;
+                    let want = &local[start..(start + BLOCK as usize).min(local.len())];
+                    if &page.image[..want.len()] != want {
+                        bail!("{} block {block} differs from the local file", f.path);
+                    }
+                }
+            }
+            checked += 1;
+        }
+        Ok(checked)
+    }
+}
+
+/// Bank transfers: accounts whose total never changes, and one journal row per transfer in the
+/// same transaction. Each transfer is one `mariadb` client run, so a transfer whose client
+/// exited 0 is a commit the server acknowledged.
+pub mod bank {
+    use std::collections::BTreeSet;
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    use std::thread::JoinHandle;
+    use std::time::{Duration, Instant};
+
+    use anyhow::{bail, Result};
+
+    use super::MariaDb;
+
+    pub const ACCOUNTS: i64 = 100;
+    pub const BALANCE: i64 = 1000;
+
+    /// Creates `bank.accounts` (every account at [`BALANCE`]) and `bank.journal`.
+    pub fn create(db: &MariaDb) -> Result<()> {
+        db.sql(&format!(
+            "CREATE DATABASE bank;
+             CREATE TABLE bank.accounts (id INT PRIMARY KEY, balance BIGINT NOT NULL) ENGINE=InnoDB;
+             INSERT INTO bank.accounts SELECT seq, {BALANCE} FROM seq_1_to_{ACCOUNTS};
+             CREATE TABLE bank.journal (transfer BIGINT PRIMARY KEY) ENGINE=InnoDB;"
+        ))?;
+        Ok(())
+    }
+
+    /// Transfer `i`: moves money between two accounts and journals `i`, in one transaction. The
+    /// money moves in one statement, which locks both rows in key order: concurrent transfers
+    /// never deadlock.
+    pub fn transfer(socket: &Path, i: u64) -> Result<()> {
+        let accounts = ACCOUNTS as u64;
+        let (from, to, amount) = (i % accounts + 1, (i * 37 + 11) % accounts + 1, i % 50 + 1);
+        let out = std::process::Command::new("mariadb")
+            .arg(format!("--socket={}", socket.display()))
+            .args(["-uroot", "-e"])
+            .arg(format!(
+                "START TRANSACTION;
+                 UPDATE bank.accounts SET balance = balance + IF(id = {from}, -{amount}, {amount})
+                   WHERE id IN ({from}, {to});
+                 INSERT INTO bank.journal VALUES ({i});
+                 COMMIT;"
+            ))
+            .stdin(std::process::Stdio::null())
+            .output()?;
+        if !out.status.success() {
+            bail!("transfer {i}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(())
+    }
+
+    /// One transfer as a client saw it.
+    #[derive(Debug, Clone)]
+    pub struct Commit {
+        pub id: u64,
+        pub started: Instant,
+        pub finished: Instant,
+    }
+
+    impl Commit {
+        pub fn took(&self) -> Duration {
+            self.finished - self.started
+        }
+    }
+
+    /// What the clients saw.
+    #[derive(Debug, Default)]
+    pub struct Report {
+        /// Transfers whose commit returned success.
+        pub acked: Vec<Commit>,
+        /// Every transfer sent, acknowledged or not (one that failed may still have committed).
+        pub attempted: BTreeSet<u64>,
+        /// Failed transfers: when, and the client's message.
+        pub errors: Vec<(Instant, String)>,
+    }
+
+    impl Report {
+        /// Adds what a later workload on the same database saw.
+        pub fn merge(&mut self, other: Report) {
+            self.acked.extend(other.acked);
+            self.attempted.extend(other.attempted);
+            self.errors.extend(other.errors);
+        }
+
+        /// Fails if any transfer failed before `at` (a crash at `at` fails those in flight).
+        pub fn no_errors_before(&self, at: Instant) -> Result<()> {
+            match self.errors.iter().find(|(when, _)| *when < at) {
+                Some((_, e)) => bail!("a transfer failed: {e}"),
+                None => Ok(()),
+            }
+        }
+
+        pub fn acked_ids(&self) -> BTreeSet<u64> {
+            self.acked.iter().map(|c| c.id).collect()
+        }
+
+        /// The transfer that took longest.
+        pub fn slowest(&self) -> Option<&Commit> {
+            self.acked.iter().max_by_key(|c| c.took())
+        }
+
+        /// How many commits returned inside `[from, to)`.
+        pub fn finished_between(&self, from: Instant, to: Instant) -> usize {
+            self.acked
+                .iter()
+                .filter(|c| c.finished >= from && c.finished < to)
+                .count()
+        }
+    }
+
+    /// Clients sending transfers back to back until stopped; each stops at its first error.
+    pub struct Workload {
+        stop: Arc<AtomicBool>,
+        acked: Arc<AtomicU64>,
+        clients: Vec<JoinHandle<Report>>,
+    }
+
+    impl Workload {
+        /// `clients` concurrent clients; client `c` sends transfers `first_id + c`,
+        /// `first_id + c + clients`, ... (ids must not repeat across workloads on one database).
+        pub fn start(socket: &Path, clients: u64, first_id: u64) -> Self {
+            let stop = Arc::new(AtomicBool::new(false));
+            let acked = Arc::new(AtomicU64::new(0));
+            let clients = (0..clients)
+                .map(|c| {
+                    let (socket, stop, acked_count): (PathBuf, _, _) =
+                        (socket.into(), stop.clone(), acked.clone());
+                    std::thread::spawn(move || {
+                        let mut report = Report::default();
+                        let mut id = first_id + c;
+                        while !stop.load(Ordering::SeqCst) {
+                            report.attempted.insert(id);
+                            let started = Instant::now();
+                            match transfer(&socket, id) {
+                                Ok(()) => {
+                                    report.acked.push(Commit {
+                                        id,
+                                        started,
+                                        finished: Instant::now(),
+                                    });
+                                    acked_count.fetch_add(1, Ordering::SeqCst);
+                                }
+                                Err(e) => {
+                                    report.errors.push((Instant::now(), format!("{e:#}")));
+                                    break;
+                                }
+                            }
+                            id += clients;
+                        }
+                        report
+                    })
+                })
+                .collect();
+            Self { stop, acked, clients }
+        }
+
+        /// Commits acknowledged so far.
+        pub fn acked(&self) -> u64 {
+            self.acked.load(Ordering::SeqCst)
+        }
+
+        /// Waits until `n` commits in all were acknowledged; fails after `timeout`.
+        pub fn wait_for_acked(&self, n: u64, timeout: Duration) -> Result<()> {
+            let deadline = Instant::now() + timeout;
+            while self.acked() < n {
+                if Instant::now() > deadline {
+                    bail!(
+                        "only {} transfers acknowledged within {timeout:?}, waited for {n}",
+                        self.acked()
+                    );
+                }
+                if self.clients.iter().all(JoinHandle::is_finished) {
+                    bail!("every client stopped after {} transfers", self.acked());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(())
+        }
+
+        /// Stops the clients (each finishes the transfer it is in) and merges what they saw.
+        pub fn stop(self) -> Report {
+            self.stop.store(true, Ordering::SeqCst);
+            let mut all = Report::default();
+            for client in self.clients {
+                let report = client.join().expect("a bank client panicked");
+                all.acked.extend(report.acked);
+                all.attempted.extend(report.attempted);
+                all.errors.extend(report.errors);
+            }
+            all.acked.sort_by_key(|c| c.finished);
+            all
+        }
+    }
+
+    /// The bank is consistent and holds what the clients saw: the total is unchanged, every
+    /// acknowledged transfer is journaled, nothing is journaled that was never sent, and
+    /// `CHECK TABLE` finds both tables sound.
+    pub fn verify(db: &MariaDb, report: &Report) -> Result<()> {
+        let total = db.value("SELECT SUM(balance) FROM bank.accounts")?;
+        if total != (ACCOUNTS * BALANCE).to_string() {
+            bail!("money was created or destroyed: the total is {total}");
+        }
+        let journal: BTreeSet<u64> = db
+            .sql("SELECT transfer FROM bank.journal")?
+            .lines()
+            .map(str::parse)
+            .collect::<Result<_, _>>()?;
+        let lost: Vec<u64> = report.acked_ids().difference(&journal).copied().collect();
+        if !lost.is_empty() {
+            bail!(
+                "{} acknowledged transfers are missing, e.g. {:?}",
+                lost.len(),
+                &lost[..lost.len().min(10)]
+            );
+        }
+        let invented: Vec<u64> = journal.difference(&report.attempted).copied().collect();
+        if !invented.is_empty() {
+            bail!("transfers that were never sent are journaled: {invented:?}");
+        }
+        for table in ["bank.accounts", "bank.journal"] {
+            let check = db.sql(&format!("CHECK TABLE {table}"))?;
+            if !check.lines().last().unwrap_or("").ends_with("OK") {
+                bail!("CHECK TABLE {table}: {check}");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs `sysbench <test> <command>` against the server behind `socket` (database `sbtest`,
+/// user root) and returns its output; fails with the output if sysbench fails.
+pub fn sysbench(socket: &Path, test: &str, command: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new("sysbench")
+        .arg(test)
+        .args(["--db-driver=mysql", "--mysql-user=root", "--mysql-db=sbtest"])
+        .arg(format!("--mysql-socket={}", socket.display()))
+        .args(args)
+        .arg(command)
+        .stdin(Stdio::null())
+        .output()
+        .context("running sysbench")?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !out.status.success() {
+        bail!("sysbench {test} {command} failed ({}):\n{text}", out.status);
+    }
+    Ok(text)
+}
+
+/// A number from sysbench's summary, e.g. `sysbench_stat(out, "transactions:")`.
+pub fn sysbench_stat(output: &str, label: &str) -> Option<u64> {
+    output.lines().find_map(|l| {
+        l.trim_start()
+            .strip_prefix(label)?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    })
 }

@@ -3,55 +3,14 @@
 //! (invariant 8).
 
 use std::os::unix::fs::FileExt;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ibd_api::pageserver::{FileKind, PageAddr, PageserverClient, ReadAt, ReadPagesRequest};
-use ibd_e2e::{install_db, prereq, FuseIbd, MariaDb, Service};
+use ibd_api::pageserver::{PageAddr, PageserverClient, ReadAt};
+use ibd_e2e::{install_db, prereq, remote, FuseIbd, MariaDb, Service};
 
 const SERVER_ARGS: &[&str] = &["--innodb-flush-neighbors=0", "--innodb-log-file-size=16M"];
 const TIMELINE: &str = "main";
 const BLOCK: u64 = 16384;
-
-/// Every page and generic file on the pageserver has the local file's size and exact content.
-fn assert_pageserver_matches_local(rt: &tokio::runtime::Runtime, ps: &PageserverClient, mnt: &Path) -> usize {
-    let files = rt.block_on(ps.list_files(TIMELINE, ReadAt::Latest)).unwrap();
-    let mut checked = 0;
-    for f in files
-        .iter()
-        .filter(|f| matches!(f.kind, FileKind::Page | FileKind::Generic))
-    {
-        let local = std::fs::read(mnt.join(&f.path)).unwrap_or_else(|e| panic!("{}: {e}", f.path));
-        assert_eq!(f.size, local.len() as u64, "{}: size", f.path);
-        let blocks: Vec<PageAddr> = (0..f.size.div_ceil(BLOCK))
-            .map(|block| PageAddr::File { file: f.id, block })
-            .collect();
-        for chunk in blocks.chunks(64) {
-            let req = ReadPagesRequest {
-                at: ReadAt::Latest,
-                pages: chunk.to_vec(),
-            };
-            for (addr, page) in chunk
-                .iter()
-                .zip(rt.block_on(ps.read_pages(TIMELINE, &req)).unwrap())
-            {
-                let PageAddr::File { block, .. } = addr else {
-                    unreachable!()
-                };
-                let start = (block * BLOCK) as usize;
-                let want = &local[start..(start + BLOCK as usize).min(local.len())];
-                let got = &page.image[..want.len()];
-                assert!(
-                    got == want,
-                    "{} block {block} differs from the local file",
-                    f.path
-                );
-            }
-        }
-        checked += 1;
-    }
-    checked
-}
 
 #[test]
 fn pages_reach_the_pageserver_and_data_fsync_waits_for_it() {
@@ -88,7 +47,7 @@ fn pages_reach_the_pageserver_and_data_fsync_waits_for_it() {
         .build()
         .unwrap();
     let ps = PageserverClient::new(&pageserver.url).unwrap();
-    let checked = assert_pageserver_matches_local(&rt, &ps, &mnt);
+    let checked = remote::assert_pageserver_matches(&pageserver.url, TIMELINE, &mnt).unwrap();
     assert!(checked >= 10, "only {checked} files shipped");
     let files = rt.block_on(ps.list_files(TIMELINE, ReadAt::Latest)).unwrap();
     let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
@@ -168,6 +127,6 @@ fn pages_reach_the_pageserver_and_data_fsync_waits_for_it() {
     let db = MariaDb::start(&mnt, SERVER_ARGS).unwrap();
     assert_eq!(db.value("SELECT COUNT(*) FROM w.t").unwrap(), "20000");
     db.shutdown().unwrap();
-    assert_pageserver_matches_local(&rt, &ps, &mnt);
+    remote::assert_pageserver_matches(&pageserver.url, TIMELINE, &mnt).unwrap();
     fuse.unmount().unwrap();
 }
