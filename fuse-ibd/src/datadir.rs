@@ -1032,8 +1032,13 @@ impl Datadir {
     /// to the shipper.
     fn tail_redo(&self, ino: u64, file: &File, offset: u64, len: u64) {
         let mut tails = lock(&self.redo);
+        let shipped = tails
+            .iter()
+            .filter(|(other, _)| **other != ino)
+            .filter_map(|(_, t)| t.complete_lsn())
+            .max();
         let tailer = tails.entry(ino).or_default();
-        let events = match tailer.on_write(file, offset, len) {
+        let events = match tailer.on_write(file, offset, len, shipped) {
             Ok(events) => events,
             Err(e) => {
                 // The write itself succeeded locally; a log we cannot parse is the server's
@@ -1447,7 +1452,12 @@ impl Datadir {
         if let Some(pages) = &self.pages {
             text.push_str(&pages.status());
         }
-        if let Some(tail) = lock(&self.redo).values().find(|t| t.geometry().is_some()) {
+        // After a resize the replaced log's tail lingers: the live log is the one furthest on.
+        if let Some(tail) = lock(&self.redo)
+            .values()
+            .filter(|t| t.geometry().is_some())
+            .max_by_key(|t| t.complete_lsn())
+        {
             let g = tail.geometry().expect("checked");
             let _ = writeln!(
                 text,

@@ -90,8 +90,16 @@ impl RedoTailer {
         true
     }
 
-    /// Called after `[offset, offset + len)` of the log `file` was written.
-    pub fn on_write(&mut self, file: &File, offset: u64, len: u64) -> Result<Vec<RedoEvent>, TailError> {
+    /// Called after `[offset, offset + len)` of the log `file` was written. `shipped`: where the
+    /// WAL already handed to walsync ends when another log file is being tailed too (a resize:
+    /// InnoDB writes the same byte stream to `ib_logfile0` and `ib_logfile101`).
+    pub fn on_write(
+        &mut self,
+        file: &File,
+        offset: u64,
+        len: u64,
+        shipped: Option<Lsn>,
+    ) -> Result<Vec<RedoEvent>, TailError> {
         let mut events = Vec::new();
         let end = offset + len;
         // The log's size is its file's size; it is set once, right after the file is created.
@@ -122,10 +130,30 @@ impl RedoTailer {
                 }
             }
         }
+        if let Some(shipped) = shipped {
+            self.skip_shipped(shipped, end);
+        }
         if end > START_OFFSET {
             self.scan(file, end, &mut events)?;
         }
         Ok(events)
+    }
+
+    /// Continues from `shipped` (an mtr boundary another log file's tail found) once this file
+    /// holds the stream up to there. A log created by an online resize starts at a block boundary
+    /// in the middle of an mtr, so scanning from its first LSN would never find a complete one;
+    /// and the old log, still written during the resize, need not ship what the new one did.
+    fn skip_shipped(&mut self, shipped: Lsn, write_end: u64) {
+        let (Some(g), Some(from)) = (self.geometry, self.complete_lsn) else {
+            return;
+        };
+        if shipped <= from || shipped - from >= g.capacity() {
+            return;
+        }
+        let reached = from + (write_end.min(g.file_size) + g.capacity() - g.offset(from)) % g.capacity();
+        if reached >= shipped {
+            self.complete_lsn = Some(shipped);
+        }
     }
 
     fn adopt_header(&mut self, header: &LogHeader, file_size: u64, events: &mut Vec<RedoEvent>) {
@@ -246,7 +274,7 @@ mod tests {
                 let skip = (offset + g.capacity() - g.offset(from + block_start)) % g.capacity();
                 file.write_all_at(&chunk[skip as usize..(skip + n) as usize], offset)
                     .unwrap();
-                events.extend(tailer.on_write(file, offset, n).unwrap());
+                events.extend(tailer.on_write(file, offset, n, None).unwrap());
             }
             pos = new_pos;
         }
@@ -287,15 +315,15 @@ mod tests {
         let (_tmp, file) = file_with(&vec![0u8; g.file_size as usize]);
         let mut tailer = RedoTailer::default();
         file.write_all_at(&sample_bytes[..HEADER_BLOCK_LEN], 0).unwrap();
-        let events = tailer.on_write(&file, 0, HEADER_BLOCK_LEN as u64).unwrap();
+        let events = tailer.on_write(&file, 0, HEADER_BLOCK_LEN as u64, None).unwrap();
         assert!(matches!(&events[..], [RedoEvent::Geometry { geometry, .. }] if *geometry == g));
         file.write_all_at(&sample_bytes[0x1000..0x1000 + 64], 0x1000)
             .unwrap();
         file.write_all_at(&sample_bytes[0x2000..0x2000 + 64], 0x2000)
             .unwrap();
         let checkpoints = [
-            tailer.on_write(&file, 0x1000, 512).unwrap(),
-            tailer.on_write(&file, 0x2000, 512).unwrap(),
+            tailer.on_write(&file, 0x1000, 512, None).unwrap(),
+            tailer.on_write(&file, 0x2000, 512, None).unwrap(),
         ];
         assert!(checkpoints
             .iter()
@@ -361,7 +389,7 @@ mod tests {
         let mut tailer = RedoTailer::from_existing(&sample_bytes).unwrap();
         let g = tailer.geometry().unwrap();
         let block = g.offset(server_end) / BLOCK * BLOCK;
-        assert!(tailer.on_write(&file, block, BLOCK).unwrap().is_empty());
+        assert!(tailer.on_write(&file, block, BLOCK, None).unwrap().is_empty());
         assert_eq!(tailer.complete_lsn(), Some(server_end));
     }
 }
