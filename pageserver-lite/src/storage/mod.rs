@@ -58,6 +58,16 @@ pub struct StoreConfig {
     pub maintenance_interval: Option<Duration>,
     /// How often the index snapshot is rewritten when something changed (None: at shutdown only).
     pub snapshot_interval: Option<Duration>,
+    /// Called after every sync of appended records (tests: ordering checks and fault injection).
+    pub sync_hook: Option<Arc<dyn SyncHook>>,
+}
+
+/// Sees every sync that makes appended records durable: called after `fdatasync` returned and
+/// before anything it covers is published or acknowledged. Tests hold a sync open through it (no
+/// write may be acknowledged meanwhile) or fail it (the store must then refuse writes).
+pub trait SyncHook: Send + Sync + std::fmt::Debug {
+    /// The first `durable_len` bytes of `segment` are on disk. An error fails the sync.
+    fn synced(&self, segment: u64, durable_len: u64) -> std::io::Result<()>;
 }
 
 impl StoreConfig {
@@ -69,6 +79,7 @@ impl StoreConfig {
             compaction_threshold: 0.5,
             maintenance_interval: Some(Duration::from_secs(10)),
             snapshot_interval: Some(Duration::from_secs(60)),
+            sync_hook: None,
         }
     }
 

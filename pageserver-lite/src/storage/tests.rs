@@ -1,5 +1,6 @@
 //! Storage core without HTTP: versions, branches, terms, recovery, damage, GC and compaction.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,7 +11,7 @@ use ibd_api::pageserver::{
 use prometheus_client::registry::Registry;
 
 use super::record::{self, Scanned, HEADER_LEN, PAGE_META_LEN};
-use super::{segment, Store, StoreConfig, StoreError};
+use super::{segment, Store, StoreConfig, StoreError, SyncHook};
 
 fn config(dir: &std::path::Path) -> StoreConfig {
     StoreConfig {
@@ -544,4 +545,194 @@ async fn gc_drops_the_pages_of_unlinked_files_except_what_a_branch_sees() {
     assert_eq!(report.versions_dropped, 4);
     assert_eq!(fill_of(&store, "before-drop", at(file, 2), ReadAt::Latest), 5);
     assert_eq!(store.metrics().versions.get(), 4);
+}
+
+/// A [`SyncHook`] that can hold syncs open (as a slow disk would) or fail them.
+#[derive(Debug, Default)]
+struct SyncGate {
+    state: std::sync::Mutex<GateState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    closed: bool,
+    fail: bool,
+    /// Syncs held open right now.
+    waiting: u32,
+    /// Syncs that completed successfully.
+    completed: u64,
+}
+
+impl SyncGate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap()
+    }
+
+    fn set_closed(&self, closed: bool) {
+        self.lock().closed = closed;
+        self.changed.notify_all();
+    }
+
+    fn completed(&self) -> u64 {
+        self.lock().completed
+    }
+
+    /// Blocks until a sync is being held open.
+    fn wait_for_held_sync(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut s = self.lock();
+        while s.waiting == 0 {
+            assert!(std::time::Instant::now() < deadline, "no sync started");
+            s = self.changed.wait_timeout(s, Duration::from_millis(50)).unwrap().0;
+        }
+    }
+}
+
+impl SyncHook for SyncGate {
+    fn synced(&self, _segment: u64, _durable_len: u64) -> std::io::Result<()> {
+        let mut s = self.lock();
+        s.waiting += 1;
+        self.changed.notify_all();
+        while s.closed {
+            s = self.changed.wait(s).unwrap();
+        }
+        s.waiting -= 1;
+        if s.fail {
+            return Err(std::io::Error::other("injected fsync failure"));
+        }
+        s.completed += 1;
+        self.changed.notify_all();
+        Ok(())
+    }
+}
+
+/// Runs `write` while the gate holds syncs open: it must not complete until the gate opens, and
+/// when it completes, the sync covering it must have completed. `while_held` runs while the sync
+/// is held. Returns the result of `write`.
+async fn assert_waits_for_its_sync<T: Send + 'static>(
+    gate: &Arc<SyncGate>,
+    what: &str,
+    write: impl std::future::Future<Output = T> + Send + 'static,
+    while_held: impl FnOnce(),
+) -> T {
+    gate.set_closed(true);
+    let before = gate.completed();
+    let observer = gate.clone();
+    let task = tokio::spawn(async move {
+        let result = write.await;
+        (result, observer.completed())
+    });
+    let held = gate.clone();
+    tokio::task::spawn_blocking(move || held.wait_for_held_sync())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    while_held();
+    assert!(
+        !task.is_finished(),
+        "{what} was answered while its fsync had not completed"
+    );
+    gate.set_closed(false);
+    let (result, completed_at_answer) = task.await.unwrap();
+    assert!(
+        completed_at_answer > before,
+        "{what} was answered before the sync covering it completed"
+    );
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_acknowledged_or_visible_before_the_fsync_covering_it_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Arc::new(SyncGate::default());
+    let store = open(StoreConfig {
+        sync_hook: Some(gate.clone()),
+        ..config(dir.path())
+    });
+    let file = setup(&store).await;
+    put(&store, "main", 1, file, 0, 100, 1).await;
+
+    let s = store.clone();
+    let upload = async move { put(&s, "main", 1, file, 0, 200, 2).await };
+    let seq = assert_waits_for_its_sync(&gate, "an upload", upload, || {
+        assert_eq!(
+            fill_of(&store, "main", at(file, 0), ReadAt::Latest),
+            1,
+            "a page is visible before it is durable"
+        );
+    })
+    .await;
+    assert_eq!(fill_of(&store, "main", at(file, 0), ReadAt::Seq(seq)), 2);
+
+    // Namespace changes, markers and terms are acknowledged only once durable as well.
+    let s = store.clone();
+    let create = async move {
+        s.create_file(
+            "main",
+            CreateFileRequest {
+                term: 1,
+                path: "db/u.ibd".into(),
+                kind: FileKind::Page,
+                size: 0,
+                space_id: None,
+            },
+        )
+        .await
+        .unwrap()
+    };
+    assert_waits_for_its_sync(&gate, "a file creation", create, || {}).await;
+    let s = store.clone();
+    let marker = async move {
+        s.record_marker(
+            "main",
+            RecordMarkerRequest {
+                term: 1,
+                checkpoint_lsn: 150,
+                checkpoint_end_lsn: 160,
+                log_end_lsn_at_write: 200,
+                page_store_seq: None,
+            },
+        )
+        .await
+        .unwrap()
+    };
+    assert_waits_for_its_sync(&gate, "a checkpoint marker", marker, || {}).await;
+    let s = store.clone();
+    let term = async move {
+        s.acquire_term("main", AcquireTermRequest::default())
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        assert_waits_for_its_sync(&gate, "a term", term, || {}).await.term,
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_fsync_is_never_acknowledged_and_stops_all_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Arc::new(SyncGate::default());
+    let store = open(StoreConfig {
+        sync_hook: Some(gate.clone()),
+        ..config(dir.path())
+    });
+    let file = setup(&store).await;
+    put(&store, "main", 1, file, 0, 100, 1).await;
+    gate.lock().fail = true;
+    let failed = store
+        .put_pages("main", 1, vec![PageUpload::new(file, 0, 200, image(2))])
+        .await;
+    assert!(matches!(failed, Err(StoreError::Unavailable(_))), "{failed:?}");
+    assert_eq!(fill_of(&store, "main", at(file, 0), ReadAt::Latest), 1);
+    // The file's state after a failed fsync is unknown: nothing is written on top of it.
+    gate.lock().fail = false;
+    let refused = store
+        .put_pages("main", 1, vec![PageUpload::new(file, 1, 200, image(3))])
+        .await;
+    assert!(matches!(refused, Err(StoreError::Unavailable(_))), "{refused:?}");
+    let refused = store.acquire_term("main", AcquireTermRequest::default()).await;
+    assert!(matches!(refused, Err(StoreError::Unavailable(_))), "{refused:?}");
+    assert_eq!(fill_of(&store, "main", at(file, 0), ReadAt::Latest), 1);
 }

@@ -388,8 +388,12 @@ impl Writer {
         self.check_writable()?;
         let result = self.roll_if_full().and_then(|()| {
             let started = Instant::now();
-            segment::append_durable(&self.active.file, self.active.len, buf)
-                .map_err(StoreError::io(format!("cannot write segment {}", self.active.id)))?;
+            let failed = || StoreError::io(format!("cannot write segment {}", self.active.id));
+            segment::append_durable(&self.active.file, self.active.len, buf).map_err(failed())?;
+            if let Some(hook) = &self.config.sync_hook {
+                hook.synced(self.active.id, self.active.len + buf.len() as u64)
+                    .map_err(failed())?;
+            }
             self.metrics
                 .fsync_seconds
                 .observe(started.elapsed().as_secs_f64());
