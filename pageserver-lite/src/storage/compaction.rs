@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use super::index::{Location, PageKey, PageVersion};
-use super::record::{self, Scanned};
+use super::record::{self, BatchEncoder, Scanned};
 use super::writer::{now_ms, Writer};
 use super::{segment, StoreError};
 
@@ -142,46 +142,59 @@ impl Writer {
         let buf = segment::read_all(&self.config.segment_dir(), id)
             .map_err(StoreError::io(format!("cannot read segment {id} for compaction")))?;
         let mut out = Vec::new();
-        let mut moved: Vec<(PageKey, u64, Location, u64)> = Vec::new();
-        {
+        // (page, seq, where it was, its index in the copy batch)
+        let mut moved: Vec<(PageKey, u64, Location, usize)> = Vec::new();
+        let copied = {
             let state = self.read_state();
-            record::scan(
+            // The copies are one batch: a crash while writing them leaves the originals in charge.
+            let mut batch = BatchEncoder::new(&mut out);
+            let mut count = 0;
+            record::scan_batches(
                 &buf,
                 0,
-                |offset, len, rec| {
-                    let bytes = &buf[offset as usize..offset as usize + len as usize];
-                    match rec {
-                        Scanned::Page { meta, .. } => {
-                            let key = PageKey {
-                                timeline: meta.timeline,
-                                file: meta.file,
-                                block: meta.block,
-                            };
-                            let from = Location {
-                                segment: id,
-                                offset,
-                                len,
-                            };
-                            if state.index.is_live(&key, meta.seq, from) {
-                                moved.push((key, meta.seq, from, out.len() as u64));
-                                out.extend_from_slice(bytes);
+                |records| {
+                    for r in records {
+                        let bytes = &buf[r.offset as usize..(r.offset + u64::from(r.len)) as usize];
+                        match r.record {
+                            Scanned::Page { meta, .. } => {
+                                let key = PageKey {
+                                    timeline: meta.timeline,
+                                    file: meta.file,
+                                    block: meta.block,
+                                };
+                                let from = Location {
+                                    segment: id,
+                                    offset: r.offset,
+                                    len: r.len,
+                                };
+                                if state.index.is_live(&key, meta.seq, from) {
+                                    moved.push((key, meta.seq, from, count));
+                                    batch.copy(bytes);
+                                    count += 1;
+                                }
                             }
+                            // Metadata is always live (and tiny).
+                            Scanned::Meta(_) | Scanned::BadMeta(_) => {
+                                batch.copy(bytes);
+                                count += 1;
+                            }
+                            Scanned::Commit { .. } => unreachable!("scan_batches keeps trailers"),
                         }
-                        // Metadata is always live (and tiny).
-                        Scanned::Meta(_) | Scanned::BadMeta(_) => out.extend_from_slice(bytes),
                     }
                 },
-                |gap| tracing::error!(segment = id, ?gap, "compaction skips damaged bytes"),
+                |damage| tracing::error!(segment = id, ?damage, "compaction skips damaged records"),
             );
-        }
+            batch.finish()
+        };
         if !out.is_empty() {
             let (segment, base) = self.append(&out)?;
             let mut state = self.write_state();
-            for (key, seq, from, rel) in moved {
+            for (key, seq, from, i) in moved {
+                let (offset, len) = copied[i];
                 let to = Location {
                     segment,
-                    offset: base + rel,
-                    len: from.len,
+                    offset: base + offset,
+                    len,
                 };
                 state.relocate(&key, seq, from, to);
             }

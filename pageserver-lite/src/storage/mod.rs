@@ -1,7 +1,8 @@
 //! The page store: log-structured, crash-safe, versioned.
 //!
 //! Data flow: a write goes to the single `writer` thread, which appends CRC-framed `record`s to
-//! the active `segment`, `fdatasync`s once for every request it gathered (group commit), then
+//! the active `segment` (each request a batch that recovery takes whole or not at all),
+//! `fdatasync`s once for every request it gathered (group commit), then
 //! publishes them in the in-memory `index` and answers. A read looks the page up in the index
 //! under a shared lock and `pread`s the image from its segment outside it, checking the CRC-32C
 //! the writer sent. At start, `recovery` loads the newest `snapshot` of the index, replays only

@@ -364,9 +364,9 @@ async fn a_damaged_page_is_never_served_and_the_rest_stays_available() {
     record::scan(
         &bytes,
         0,
-        |offset, _, r| {
-            if matches!(r, Scanned::Page { .. }) && first_page.is_none() {
-                first_page = Some(offset);
+        |r| {
+            if matches!(r.record, Scanned::Page { .. }) && first_page.is_none() {
+                first_page = Some(r.offset);
             }
         },
         |_| {},
@@ -735,4 +735,100 @@ async fn a_failed_fsync_is_never_acknowledged_and_stops_all_writes() {
     let refused = store.acquire_term("main", AcquireTermRequest::default()).await;
     assert!(matches!(refused, Err(StoreError::Unavailable(_))), "{refused:?}");
     assert_eq!(fill_of(&store, "main", at(file, 0), ReadAt::Latest), 1);
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_upload_cut_short_by_a_power_loss_is_discarded_whole() {
+    const PAGES: u64 = 8;
+    let template = tempfile::tempdir().unwrap();
+    let (file, batch_start, batch_end) = {
+        let store = open(config(template.path()));
+        let file = setup(&store).await;
+        let first = (0..4).map(|b| PageUpload::new(file, b, 100, image(1))).collect();
+        store.put_pages("main", 1, first).await.unwrap();
+        let batch_start = std::fs::metadata(newest_segment(template.path())).unwrap().len();
+        let second = (0..PAGES)
+            .map(|b| PageUpload::new(file, b, 200, image(2)))
+            .collect();
+        store.put_pages("main", 1, second).await.unwrap();
+        let batch_end = std::fs::metadata(newest_segment(template.path())).unwrap().len();
+        (file, batch_start, batch_end)
+    }; // dropped without shutdown: a crash
+    let record = (HEADER_LEN + PAGE_META_LEN + BLOCK_SIZE) as u64;
+    assert!(
+        batch_end > batch_start + PAGES * record,
+        "the upload ends with a trailer"
+    );
+
+    // What a power loss can leave of the second upload: any prefix of it, including every whole
+    // page record without the trailer; or everything but a page in the middle (the disk wrote the
+    // sectors out of order).
+    type Damage = Box<dyn Fn(&mut Vec<u8>)>;
+    let mut damage: Vec<(String, Damage)> = Vec::new();
+    for cut in (0..=PAGES).map(|i| batch_start + i * record).chain([
+        batch_start + 10,
+        batch_start + record + 5000,
+        batch_end - 1,
+    ]) {
+        damage.push((
+            format!("cut at {cut}"),
+            Box::new(move |b| b.truncate(cut as usize)),
+        ));
+    }
+    damage.push((
+        "page 3 never written".into(),
+        Box::new(move |b| {
+            let at = (batch_start + 3 * record) as usize;
+            b[at..at + record as usize].fill(0);
+        }),
+    ));
+    for (what, damage) in damage {
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(template.path(), dir.path());
+        let seg = newest_segment(dir.path());
+        let mut bytes = std::fs::read(&seg).unwrap();
+        damage(&mut bytes);
+        std::fs::write(&seg, &bytes).unwrap();
+
+        let store = open(config(dir.path()));
+        for b in 0..PAGES {
+            let page = store.read_page("main", at(file, b), ReadAt::Latest).unwrap();
+            let want = if b < 4 { 1 } else { 0 };
+            assert_eq!(
+                page.image[0], want,
+                "{what}: block {b} shows part of the torn upload"
+            );
+        }
+        if bytes.len() as u64 > batch_start {
+            assert_eq!(store.metrics().torn_tails.get(), 1, "{what}");
+            assert_eq!(store.metrics().corrupt_records.get(), 0, "{what}");
+            assert_eq!(std::fs::metadata(&seg).unwrap().len(), batch_start, "{what}");
+        }
+        // The store goes on from there, and a restart sees the same.
+        put(&store, "main", 1, file, 7, 300, 3).await;
+        drop(store);
+        let store = open(config(dir.path()));
+        assert_eq!(fill_of(&store, "main", at(file, 0), ReadAt::Latest), 1, "{what}");
+        assert_eq!(fill_of(&store, "main", at(file, 7), ReadAt::Latest), 3, "{what}");
+        assert!(
+            !store
+                .read_page("main", at(file, 5), ReadAt::Latest)
+                .unwrap()
+                .found,
+            "{what}"
+        );
+    }
 }

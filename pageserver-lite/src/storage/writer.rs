@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 
 use super::compaction::MaintenanceReport;
 use super::index::{Location, PageKey, PageVersion};
-use super::record::{self, MetaRecord, PageMeta};
+use super::record::{BatchEncoder, MetaRecord, PageMeta};
 use super::{segment, State, StoreConfig, StoreError};
 use crate::metrics::StoreMetrics;
 use crate::namespace::{file_info, FileState, FileVersion};
@@ -288,6 +288,9 @@ impl Writer {
         let next_seq = staged.next_seq.entry(num).or_insert(last_seq);
         let first_seq = *next_seq + 1;
         let written_at_ms = now_ms();
+        // One batch per upload: after a crash it is all there or not at all.
+        let mut batch = BatchEncoder::new(&mut staged.buf);
+        let mut versions = Vec::with_capacity(pages.len());
         for (p, kind) in pages.iter().zip(kinds) {
             *next_seq += 1;
             let mut lsn = p.lsn;
@@ -306,14 +309,13 @@ impl Writer {
                 lsn,
                 written_at_ms,
             };
-            let offset = staged.buf.len() as u64;
-            record::encode_page(&mut staged.buf, &meta, &p.image, p.crc32c);
+            batch.page(&meta, &p.image, p.crc32c);
             let key = PageKey {
                 timeline: num,
                 file: p.file,
                 block: p.block,
             };
-            staged.pages.push((
+            versions.push((
                 key,
                 PageVersion {
                     seq: meta.seq,
@@ -323,12 +325,17 @@ impl Writer {
                     written_at_ms,
                     location: Location {
                         segment: 0,
-                        offset,
-                        len: (staged.buf.len() as u64 - offset) as u32,
+                        offset: 0,
+                        len: 0,
                     },
                     damaged: false,
                 },
             ));
+        }
+        for ((key, mut version), (offset, len)) in versions.into_iter().zip(batch.finish()) {
+            version.location.offset = offset;
+            version.location.len = len;
+            staged.pages.push((key, version));
         }
         let count = pages.len() as u64;
         Ok(PutPagesResponse {
@@ -434,9 +441,11 @@ impl Writer {
     /// Writes metadata records durably and applies them.
     fn commit_meta(&mut self, records: &[MetaRecord]) -> Result<(), StoreError> {
         let mut buf = Vec::new();
+        let mut batch = BatchEncoder::new(&mut buf);
         for r in records {
-            record::encode_meta(&mut buf, r);
+            batch.meta(r);
         }
+        batch.finish();
         self.append(&buf)?;
         let mut state = self.write_state();
         for r in records {
