@@ -6,12 +6,14 @@
 //!   read "as of" some moment inside the window may still return it,
 //! - or the newest at or below some descendant timeline's branch point.
 //!
-//! Compaction then rewrites each sealed segment whose live fraction fell below the threshold:
-//! live page records and all metadata records are copied (byte for byte) to the active segment
-//! and synced, the index is pointed at the copies, an index snapshot is written (so start-up never
-//! looks for the old segment), and only then is the old segment deleted. A crash anywhere in
-//! between leaves either the old records or both copies, and replay treats copies as the same
-//! version.
+//! Compaction then rewrites each sealed segment whose live fraction fell below the threshold.
+//! Live bytes are those of live page versions and of live metadata records (a term superseded
+//! by a newer one is dead; timelines, namespace history and markers are kept forever), each with
+//! its share of its batch's trailer. Live records are copied (byte for byte but for the batch
+//! flag) as one batch to the active segment and synced, the index is pointed at the copies, an
+//! index snapshot is written (so start-up never looks for the old segment), and only then is the
+//! old segment deleted. A crash anywhere in between leaves either the old records or both
+//! copies, and replay treats copies as the same version.
 //!
 //! Running on the writer thread keeps this simple and safe; the price is that uploads wait while
 //! a segment is rewritten (at most one segment's live bytes per segment compacted).
@@ -21,7 +23,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use super::index::{Location, PageKey, PageVersion};
-use super::record::{self, BatchEncoder, Scanned};
+use super::record::{self, BatchEncoder, MetaKey, Scanned};
 use super::writer::{now_ms, Writer};
 use super::{segment, StoreError};
 
@@ -144,6 +146,7 @@ impl Writer {
         let mut out = Vec::new();
         // (page, seq, where it was, its index in the copy batch)
         let mut moved: Vec<(PageKey, u64, Location, usize)> = Vec::new();
+        let mut moved_meta: Vec<(MetaKey, Location, usize)> = Vec::new();
         let copied = {
             let state = self.read_state();
             // The copies are one batch: a crash while writing them leaves the originals in charge.
@@ -155,6 +158,11 @@ impl Writer {
                 |records| {
                     for r in records {
                         let bytes = &buf[r.offset as usize..(r.offset + u64::from(r.len)) as usize];
+                        let from = Location {
+                            segment: id,
+                            offset: r.offset,
+                            len: r.charged,
+                        };
                         match r.record {
                             Scanned::Page { meta, .. } => {
                                 let key = PageKey {
@@ -162,21 +170,27 @@ impl Writer {
                                     file: meta.file,
                                     block: meta.block,
                                 };
-                                let from = Location {
-                                    segment: id,
-                                    offset: r.offset,
-                                    len: r.len,
-                                };
                                 if state.index.is_live(&key, meta.seq, from) {
                                     moved.push((key, meta.seq, from, count));
                                     batch.copy(bytes);
                                     count += 1;
                                 }
                             }
-                            // Metadata is always live (and tiny).
-                            Scanned::Meta(_) | Scanned::BadMeta(_) => {
-                                batch.copy(bytes);
-                                count += 1;
+                            Scanned::Meta(m) => {
+                                let key = m.key();
+                                if state.meta.is_live(&key, from) {
+                                    moved_meta.push((key, from, count));
+                                    batch.copy(bytes);
+                                    count += 1;
+                                }
+                            }
+                            Scanned::BadMeta { id: crc, .. } => {
+                                let key = MetaKey::Unreadable(crc);
+                                if state.meta.is_live(&key, from) {
+                                    moved_meta.push((key, from, count));
+                                    batch.copy(bytes);
+                                    count += 1;
+                                }
                             }
                             Scanned::Commit { .. } => unreachable!("scan_batches keeps trailers"),
                         }
@@ -188,15 +202,17 @@ impl Writer {
         };
         if !out.is_empty() {
             let (segment, base) = self.append(&out)?;
+            let to = |i: usize| Location {
+                segment,
+                offset: base + copied[i].0,
+                len: copied[i].1,
+            };
             let mut state = self.write_state();
             for (key, seq, from, i) in moved {
-                let (offset, len) = copied[i];
-                let to = Location {
-                    segment,
-                    offset: base + offset,
-                    len,
-                };
-                state.relocate(&key, seq, from, to);
+                state.relocate(&key, seq, from, to(i));
+            }
+            for (key, from, i) in moved_meta {
+                state.relocate_meta(&key, from, to(i));
             }
         }
         Ok((out.len() as u64, buf.len() as u64))

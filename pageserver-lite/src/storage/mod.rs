@@ -35,8 +35,8 @@ use ibd_api::pageserver::{
 use prometheus_client::registry::Registry;
 use tokio::sync::oneshot;
 
-use self::index::{Location, PageIndex, PageKey, PageVersion};
-use self::record::{MetaRecord, PAGE_IMAGE_OFFSET};
+use self::index::{Location, MetaChange, MetaEntry, MetaIndex, PageIndex, PageKey, PageVersion};
+use self::record::{MetaKey, MetaRecord, PAGE_IMAGE_OFFSET};
 use self::segment::Segments;
 use self::writer::{ControlOp, ControlOutcome, WriteOp};
 use crate::metrics::StoreMetrics;
@@ -131,6 +131,7 @@ impl StoreError {
 pub(crate) struct State {
     pub timelines: Timelines,
     pub index: PageIndex,
+    pub meta: MetaIndex,
     pub segments: Segments,
     pub next_file_id: u64,
 }
@@ -167,9 +168,34 @@ impl State {
         }
     }
 
-    /// Applies a metadata record. Order-independent and idempotent, so replay can apply records
-    /// in any order and twice (see `recovery`); a timeline must exist before its other records.
-    pub fn apply_meta(&mut self, record: &MetaRecord) {
+    /// Counts the metadata record of `key` at `at` as live unless a record of higher `rank` is
+    /// (and the one it supersedes as dead).
+    pub fn track_meta(&mut self, key: MetaKey, rank: (u64, u64), at: Location) {
+        let entry = MetaEntry { rank, location: at };
+        if let MetaChange::Live { superseded } = self.meta.insert(key, entry) {
+            if let Some(old) = superseded {
+                self.account(old, false);
+            }
+            self.account(at, true);
+        }
+    }
+
+    /// Moves a metadata record compaction copied; false if it is no longer live there.
+    pub fn relocate_meta(&mut self, key: &MetaKey, from: Location, to: Location) -> bool {
+        let moved = self.meta.relocate(key, from, to);
+        if moved {
+            self.account(from, false);
+            self.account(to, true);
+        }
+        moved
+    }
+
+    /// Applies a metadata record found at `at`. Order-independent and idempotent, so replay can
+    /// apply records in any order and twice (see `recovery`); a timeline must exist before its
+    /// other records. The record counts as live bytes, even if its timeline is unknown (its
+    /// creation record was lost to damage: nothing of it is thrown away), unless superseded.
+    pub fn apply_meta(&mut self, record: &MetaRecord, at: Location) {
+        self.track_meta(record.key(), record.rank(), at);
         match record {
             MetaRecord::TimelineCreated {
                 num,

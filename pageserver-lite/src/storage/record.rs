@@ -102,6 +102,63 @@ pub enum MetaRecord {
     },
 }
 
+/// What a metadata record is about. Of the records with the same key only one is live: the one
+/// with the highest [`MetaRecord::rank`] (a newer term supersedes an older one), the last one
+/// applied among equals (copies left by compaction).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetaKey {
+    Timeline(u32),
+    Term(u32),
+    File {
+        timeline: u32,
+        file: u64,
+        seq: u64,
+    },
+    Marker {
+        timeline: u32,
+        checkpoint_lsn: u64,
+        checkpoint_end_lsn: u64,
+        log_end_lsn_at_write: u64,
+        page_store_seq: u64,
+    },
+    /// A record this version cannot read, by its header CRC: kept as it is.
+    Unreadable(u32),
+}
+
+impl MetaRecord {
+    pub fn key(&self) -> MetaKey {
+        match self {
+            MetaRecord::TimelineCreated { num, .. } => MetaKey::Timeline(*num),
+            MetaRecord::TermAcquired { timeline, .. } => MetaKey::Term(*timeline),
+            MetaRecord::FileVersion {
+                timeline,
+                file,
+                version,
+            } => MetaKey::File {
+                timeline: *timeline,
+                file: *file,
+                seq: version.seq,
+            },
+            MetaRecord::Marker { timeline, marker } => MetaKey::Marker {
+                timeline: *timeline,
+                checkpoint_lsn: marker.checkpoint_lsn,
+                checkpoint_end_lsn: marker.checkpoint_end_lsn,
+                log_end_lsn_at_write: marker.log_end_lsn_at_write,
+                page_store_seq: marker.page_store_seq,
+            },
+        }
+    }
+
+    /// Among records with the same key, the highest rank supersedes the others.
+    pub fn rank(&self) -> (u64, u64) {
+        match self {
+            MetaRecord::TermAcquired { term, .. } => (*term, 0),
+            _ => (0, 0),
+        }
+    }
+}
+
 /// Offset of the image inside a page record.
 pub const PAGE_IMAGE_OFFSET: u64 = (HEADER_LEN + PAGE_META_LEN) as u64;
 
@@ -164,16 +221,30 @@ impl<'a> BatchEncoder<'a> {
     }
 
     /// Ends the batch with its trailer (an empty batch writes nothing) and returns each record's
-    /// offset in the buffer and length, in order.
-    pub fn finish(self) -> Vec<(u64, u32)> {
+    /// offset in the buffer and charged length (see [`RawRecord::charged`]), in order.
+    pub fn finish(mut self) -> Vec<(u64, u32)> {
         if !self.records.is_empty() {
             let mut meta = [0u8; COMMIT_META_LEN];
             meta[0..8].copy_from_slice(&((self.buf.len() - self.start) as u64).to_le_bytes());
             meta[8..12].copy_from_slice(&(self.records.len() as u32).to_le_bytes());
+            let at = self.buf.len();
             encode(self.buf, KIND_COMMIT, 0, &meta, &[], ibd_api::crc32c(&[]));
+            let trailer_len = (self.buf.len() - at) as u32;
+            let shares = trailer_shares(self.records.len(), trailer_len);
+            for ((_, len), share) in self.records.iter_mut().zip(shares) {
+                *len += share;
+            }
         }
         self.records
     }
+}
+
+/// How a batch's `count` records share its trailer's `trailer_len` bytes: the trailer is needed
+/// exactly as long as a record of its batch is, so each live record accounts for a part of it
+/// and a batch whose records all died leaves none of its bytes live.
+pub fn trailer_shares(count: usize, trailer_len: u32) -> impl Iterator<Item = u32> {
+    let n = count.max(1) as u32;
+    (0..count as u32).map(move |i| trailer_len / n + u32::from(i < trailer_len % n))
 }
 
 fn encode(buf: &mut Vec<u8>, kind: u8, flags: u8, meta: &[u8], data: &[u8], data_crc: u32) {
@@ -200,8 +271,12 @@ pub enum Scanned<'a> {
         damaged: bool,
     },
     Meta(MetaRecord),
-    /// Header intact, meta unreadable (cannot happen unless the format changed under us).
-    BadMeta(String),
+    /// Header intact, meta unreadable (a newer format, or a bug): kept as it is. `id` is its
+    /// header CRC, which tells copies of it apart from other such records.
+    BadMeta {
+        why: String,
+        id: u32,
+    },
     /// The trailer of a batch: the `count` records in the `bytes` before it.
     Commit {
         bytes: u64,
@@ -214,6 +289,9 @@ pub enum Scanned<'a> {
 pub struct RawRecord<'a> {
     pub offset: u64,
     pub len: u32,
+    /// What the record accounts for in its segment while live: its length plus its share of the
+    /// commit trailer of its batch (set by [`scan_batches`]), see [`trailer_shares`].
+    pub charged: u32,
     /// Part of a batch (else a record from before batches: a batch of its own).
     pub batched: bool,
     pub record: Scanned<'a>,
@@ -255,6 +333,7 @@ pub fn scan<'a>(
                 visit(RawRecord {
                     offset: at as u64,
                     len: len as u32,
+                    charged: len as u32,
                     batched,
                     record,
                 });
@@ -359,7 +438,11 @@ impl<'a> BatchScanner<'a> {
                 self.open_broken = false;
                 if matches {
                     self.good_end = end;
-                    return Some(std::mem::take(&mut self.open));
+                    let mut batch = std::mem::take(&mut self.open);
+                    for (r, share) in batch.iter_mut().zip(trailer_shares(count as usize, r.len)) {
+                        r.charged += share;
+                    }
+                    return Some(batch);
                 }
                 self.break_open(end);
                 None
@@ -419,6 +502,7 @@ fn parse_at(buf: &[u8], at: usize) -> Parsed<'_> {
     if header_crc != u32_at(header, 20) {
         return Parsed::Invalid;
     }
+    let bad_meta = |why| Scanned::BadMeta { why, id: header_crc };
     let record = match kind {
         KIND_PAGE => match PageMeta::decode(meta) {
             Some(meta) => Scanned::Page {
@@ -427,17 +511,17 @@ fn parse_at(buf: &[u8], at: usize) -> Parsed<'_> {
                 image: data,
                 damaged: ibd_api::crc32c(data) != data_crc,
             },
-            None => Scanned::BadMeta(format!("page meta of {meta_len} bytes")),
+            None => bad_meta(format!("page meta of {meta_len} bytes")),
         },
         KIND_META => match serde_json::from_slice(meta) {
             Ok(record) => Scanned::Meta(record),
-            Err(e) => Scanned::BadMeta(e.to_string()),
+            Err(e) => bad_meta(e.to_string()),
         },
         KIND_COMMIT if meta_len == COMMIT_META_LEN => Scanned::Commit {
             bytes: u64_at(meta, 0),
             count: u32_at(meta, 8),
         },
-        other => Scanned::BadMeta(format!("unknown record kind {other} ({meta_len} bytes of meta)")),
+        other => bad_meta(format!("unknown record kind {other} ({meta_len} bytes of meta)")),
     };
     Parsed::Record(end - at, batched, record)
 }
@@ -525,6 +609,39 @@ mod tests {
         assert_eq!(batches[1], vec![(2, false)]);
         assert!(damage.is_empty());
         assert_eq!(end, ScanEnd::Clean);
+    }
+
+    #[test]
+    fn a_batch_charges_all_its_bytes_to_its_records_alike_when_written_and_when_read() {
+        let buf = two_batches();
+        let mut written = Vec::new();
+        let mut batch = BatchEncoder::new(&mut written);
+        batch.meta(&MetaRecord::TermAcquired { timeline: 1, term: 4 });
+        batch.meta(&MetaRecord::TermAcquired { timeline: 2, term: 4 });
+        batch.meta(&MetaRecord::TermAcquired { timeline: 3, term: 4 });
+        let placed = batch.finish();
+        assert_eq!(
+            placed.iter().map(|p| u64::from(p.1)).sum::<u64>(),
+            written.len() as u64
+        );
+        let mut read = Vec::new();
+        scan_batches(
+            &written,
+            0,
+            |rs| read.extend(rs.iter().map(|r| (r.offset, r.charged))),
+            |_| {},
+        );
+        assert_eq!(read, placed);
+
+        let mut charged = 0;
+        scan_batches(
+            &buf,
+            0,
+            |rs| charged += rs.iter().map(|r| u64::from(r.charged)).sum::<u64>(),
+            |_| {},
+        );
+        assert_eq!(charged, buf.len() as u64);
+        assert_eq!(trailer_shares(3, 40).collect::<Vec<_>>(), vec![14, 13, 13]);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use super::index::{Location, PageKey, PageVersion};
-use super::record::{self, Damage, MetaRecord, ScanEnd, Scanned};
+use super::record::{self, Damage, MetaKey, MetaRecord, ScanEnd, Scanned};
 use super::segment::{self, Segments};
 use super::snapshot;
 use super::writer::ActiveSegment;
@@ -95,6 +95,7 @@ pub fn recover(config: &StoreConfig, metrics: &StoreMetrics) -> Result<Recovered
     let mut state = State {
         timelines: Default::default(),
         index: Default::default(),
+        meta: Default::default(),
         segments,
         next_file_id: 1,
     };
@@ -104,6 +105,9 @@ pub fn recover(config: &StoreConfig, metrics: &StoreMetrics) -> Result<Recovered
             state.next_file_id = s.header.next_file_id;
             for (key, version) in s.pages {
                 state.apply_page(key, version);
+            }
+            for (key, entry) in s.header.meta {
+                state.track_meta(key, entry.rank, entry.location);
             }
             (s.header.segment, s.header.offset)
         }
@@ -134,7 +138,12 @@ pub fn recover(config: &StoreConfig, metrics: &StoreMetrics) -> Result<Recovered
             from,
             |records| {
                 for r in records {
-                    let (offset, len) = (r.offset, r.len);
+                    let offset = r.offset;
+                    let at = Location {
+                        segment: id,
+                        offset,
+                        len: r.charged,
+                    };
                     match r.record {
                         Scanned::Page {
                             meta,
@@ -166,19 +175,20 @@ pub fn recover(config: &StoreConfig, metrics: &StoreMetrics) -> Result<Recovered
                                     crc32c,
                                     image_len: image.len() as u32,
                                     written_at_ms: meta.written_at_ms,
-                                    location: Location {
-                                        segment: id,
-                                        offset,
-                                        len,
-                                    },
+                                    location: at,
                                     damaged,
                                 },
                             );
                         }
-                        Scanned::Meta(m) => metas.push(m),
-                        Scanned::BadMeta(why) => {
+                        Scanned::Meta(m) => metas.push((m, at)),
+                        Scanned::BadMeta { why, id: crc } => {
                             metrics.corrupt_records.inc();
-                            tracing::error!(segment = id, offset, "unreadable metadata record: {why}");
+                            tracing::error!(
+                                segment = id,
+                                offset,
+                                "unreadable metadata record (kept as it is): {why}"
+                            );
+                            state.track_meta(MetaKey::Unreadable(crc), (0, 0), at);
                         }
                         Scanned::Commit { .. } => unreachable!("scan_batches keeps trailers"),
                     }
@@ -210,9 +220,9 @@ pub fn recover(config: &StoreConfig, metrics: &StoreMetrics) -> Result<Recovered
         }
     }
     // Timelines first (a stable sort keeps the rest in log order).
-    metas.sort_by_key(|m| !matches!(m, MetaRecord::TimelineCreated { .. }));
-    for m in &metas {
-        state.apply_meta(m);
+    metas.sort_by_key(|(m, _)| !matches!(m, MetaRecord::TimelineCreated { .. }));
+    for (m, at) in &metas {
+        state.apply_meta(m, *at);
     }
     let mut newest_seq: HashMap<u32, u64> = HashMap::new();
     for (key, v) in state.index.iter() {

@@ -832,3 +832,95 @@ async fn an_upload_cut_short_by_a_power_loss_is_discarded_whole() {
         );
     }
 }
+
+/// Sealed segments and the bytes in them.
+fn segment_files(dir: &std::path::Path) -> Vec<(u64, u64)> {
+    let seg_dir = dir.join("segments");
+    segment::list(&seg_dir)
+        .unwrap()
+        .into_iter()
+        .map(|id| (id, std::fs::metadata(segment::path(&seg_dir, id)).unwrap().len()))
+        .collect()
+}
+
+#[tokio::test]
+async fn segments_of_live_metadata_are_kept_and_dead_metadata_is_reclaimed() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every write in a segment of its own.
+    let cfg = StoreConfig {
+        segment_size: 1,
+        ..config(dir.path())
+    };
+    let store = open(cfg.clone());
+    let file = setup(&store).await;
+    for i in 0..10 {
+        store
+            .create_file(
+                "main",
+                CreateFileRequest {
+                    term: 1,
+                    path: format!("db/t{i}.frm"),
+                    kind: FileKind::Generic,
+                    size: 0,
+                    space_id: None,
+                },
+            )
+            .await
+            .unwrap();
+        store
+            .record_marker(
+                "main",
+                RecordMarkerRequest {
+                    term: 1,
+                    checkpoint_lsn: i,
+                    checkpoint_end_lsn: i,
+                    log_end_lsn_at_write: i,
+                    page_store_seq: None,
+                },
+            )
+            .await
+            .unwrap();
+    }
+    // Timeline, term, files, markers: all live, so nothing is garbage.
+    let before = segment_files(dir.path());
+    assert!(before.len() > 20);
+    let report = store.maintain().await.unwrap();
+    assert_eq!(report.segments_compacted, 0, "{report:?}");
+    assert_eq!(segment_files(dir.path()), before);
+
+    // Each new term supersedes the one before: those segments hold only dead bytes.
+    for term in 2..=30 {
+        store
+            .acquire_term("main", AcquireTermRequest { term: Some(term) })
+            .await
+            .unwrap();
+    }
+    let grown = segment_files(dir.path());
+    let report = store.maintain().await.unwrap();
+    // The segments of terms 1 to 29 hold nothing live any more; term 30's is the active one.
+    assert_eq!(report.segments_compacted, 29, "{report:?}");
+    assert_eq!(report.bytes_copied, 0, "only dead records in them: {report:?}");
+    let after = segment_files(dir.path());
+    assert_eq!(after.len(), grown.len() - 29);
+    let bytes = |segs: &[(u64, u64)]| segs.iter().map(|s| s.1).sum::<u64>();
+    assert!(bytes(&after) < bytes(&grown));
+    // And again after a restart, from the snapshot or from the log alone.
+    store.shutdown().await;
+    drop(store);
+    for remove_snapshot in [false, true] {
+        if remove_snapshot {
+            std::fs::remove_file(super::snapshot::path(dir.path())).unwrap();
+        }
+        let store = open(cfg.clone());
+        assert_eq!(store.timeline("main").unwrap().term, 30);
+        assert_eq!(store.files("main", ReadAt::Latest).unwrap().len(), 11);
+        assert_eq!(store.markers("main").unwrap().len(), 10);
+        assert_eq!(
+            store.file("main", file, ReadAt::Latest).unwrap().space_id,
+            Some(7)
+        );
+        let report = store.maintain().await.unwrap();
+        assert_eq!(report.segments_compacted, 0, "{report:?}");
+        store.shutdown().await;
+    }
+}

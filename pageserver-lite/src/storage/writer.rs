@@ -445,11 +445,16 @@ impl Writer {
         for r in records {
             batch.meta(r);
         }
-        batch.finish();
-        self.append(&buf)?;
+        let placed = batch.finish();
+        let (segment, base) = self.append(&buf)?;
         let mut state = self.write_state();
-        for r in records {
-            state.apply_meta(r);
+        for (r, (offset, len)) in records.iter().zip(placed) {
+            let at = Location {
+                segment,
+                offset: base + offset,
+                len,
+            };
+            state.apply_meta(r, at);
         }
         state.publish_gauges(&self.metrics);
         Ok(())
