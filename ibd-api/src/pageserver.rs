@@ -24,6 +24,13 @@ pub const BLOCK_SIZE: usize = 16384;
 /// Default address of the page server (DESIGN.md section 6).
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8081";
 
+/// Machine-readable `error` codes of the pageserver's answers that callers act on (the full list
+/// is in `pageserver-lite/docs/api.md`).
+pub mod error_code {
+    /// 410: the read point or branch point is below the timeline's GC horizon.
+    pub const BELOW_GC_HORIZON: &str = "below_gc_horizon";
+}
+
 /// Response headers of a single-page read.
 pub const HEADER_CRC32C: &str = "x-crc32c";
 pub const HEADER_PAGE_LSN: &str = "x-page-lsn";
@@ -118,6 +125,13 @@ pub struct TimelineInfo {
     pub term: u64,
     /// Newest durable sequence number (a child's own numbers start after its branch point).
     pub last_seq: u64,
+    /// GC horizon: GC has dropped versions a read at a seq below `gc_horizon_seq` (other than a
+    /// descendant's branch point) or at an LSN below `gc_horizon_lsn` would return, so such reads
+    /// and branches there are refused with 410 `below_gc_horizon`. 0 until GC drops something.
+    #[serde(default)]
+    pub gc_horizon_seq: u64,
+    #[serde(default)]
+    pub gc_horizon_lsn: u64,
 }
 
 /// Acquire a new writer term: `term` if given (it must not be lower than the current one; equal is

@@ -13,9 +13,10 @@ use bytes::BytesMut;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use ibd_api::pageserver::{
-    decode_upload, encode_read_response, AcquireTermRequest, CreateFileRequest, CreateTimelineRequest, Page,
-    PageAddr, ReadAt, ReadPagesRequest, RecordMarkerRequest, UnlinkFileRequest, UnlinkFileResponse,
-    UpdateFileRequest, HEADER_CRC32C, HEADER_FOUND, HEADER_PAGE_LSN, HEADER_SEQ, READ_HEADER_LEN,
+    decode_upload, encode_read_response, error_code, AcquireTermRequest, CreateFileRequest,
+    CreateTimelineRequest, Page, PageAddr, ReadAt, ReadPagesRequest, RecordMarkerRequest, UnlinkFileRequest,
+    UnlinkFileResponse, UpdateFileRequest, HEADER_CRC32C, HEADER_FOUND, HEADER_PAGE_LSN, HEADER_SEQ,
+    READ_HEADER_LEN,
 };
 use ibd_api::server::{
     bytes_response, error_response, full_body, json_response, metrics_response, query_param, read_body,
@@ -268,6 +269,7 @@ fn store_error(e: StoreError) -> HttpResponse {
         StoreError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
         StoreError::CrcMismatch(_) => (StatusCode::BAD_REQUEST, "crc_mismatch"),
         StoreError::NoMarker { .. } => (StatusCode::CONFLICT, "no_checkpoint_marker"),
+        StoreError::BelowGcHorizon { .. } => (StatusCode::GONE, error_code::BELOW_GC_HORIZON),
         StoreError::Corrupt(_) => (StatusCode::INTERNAL_SERVER_ERROR, "corrupt_page"),
         StoreError::Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "io_error"),
         StoreError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),

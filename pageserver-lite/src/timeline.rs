@@ -26,6 +26,38 @@ pub struct Timeline {
     pub last_seq: u64,
     pub markers: Vec<CheckpointMarker>,
     pub namespace: Namespace,
+    #[serde(default)]
+    pub gc_horizon: GcHorizon,
+}
+
+/// How far GC has eaten into a timeline's own history (durable: a `GcHorizon` record is synced
+/// before GC drops anything). GC drops a version once its successor (the next version, or the
+/// file's unlink) left the retention window, unless a branch point lies between them; so a read
+/// whose seq bound is at least the highest such successor's seq, and whose LSN bound (if any) is
+/// at least the highest such successor's page LSN, finds exactly what it found before GC.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcHorizon {
+    pub seq: u64,
+    pub lsn: u64,
+}
+
+impl GcHorizon {
+    pub fn max(self, other: GcHorizon) -> GcHorizon {
+        GcHorizon {
+            seq: self.seq.max(other.seq),
+            lsn: self.lsn.max(other.lsn),
+        }
+    }
+}
+
+/// A read (or branch) point some of whose versions GC has dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BelowHorizon {
+    /// The timeline of the ancestry whose versions are gone.
+    pub timeline: String,
+    pub horizon: GcHorizon,
+    /// The read point, as seen on that timeline: "seq S" or "lsn T".
+    pub at: String,
 }
 
 /// Where a read looks: each timeline of the ancestry, newest first, with the highest seq visible
@@ -48,17 +80,22 @@ pub struct Timelines {
     by_num: BTreeMap<u32, Timeline>,
     #[serde(skip)]
     by_id: HashMap<String, u32>,
+    /// [`Timelines::branch_points`], kept up to date (reads check against it).
+    #[serde(skip)]
+    points: HashMap<u32, Vec<u64>>,
 }
 
 impl Timelines {
-    /// Rebuilds the id lookup after deserialization.
+    /// Rebuilds the lookups after deserialization.
     pub fn reindex(&mut self) {
         self.by_id = self.by_num.values().map(|t| (t.id.clone(), t.num)).collect();
+        self.points = self.compute_branch_points();
     }
 
     pub fn insert(&mut self, timeline: Timeline) {
         self.by_id.insert(timeline.id.clone(), timeline.num);
         self.by_num.insert(timeline.num, timeline);
+        self.points = self.compute_branch_points();
     }
 
     pub fn num_of(&self, id: &str) -> Option<u32> {
@@ -105,14 +142,54 @@ impl Timelines {
 
     /// For every timeline, the seqs at which its descendants see it: GC keeps, for each page, the
     /// newest version at or below each of them.
-    pub fn branch_points(&self) -> HashMap<u32, Vec<u64>> {
+    pub fn branch_points(&self) -> &HashMap<u32, Vec<u64>> {
+        &self.points
+    }
+
+    fn compute_branch_points(&self) -> HashMap<u32, Vec<u64>> {
         let mut points: HashMap<u32, Vec<u64>> = HashMap::new();
-        for tl in self.by_num.values().filter(|t| t.parent.is_some()) {
-            for &(ancestor, seq) in &self.ancestry(tl.num, ReadAt::Latest).steps[1..] {
-                points.entry(ancestor).or_default().push(seq);
+        for tl in self.by_num.values() {
+            // As `ancestry` at latest, but replay may insert a child before its parent.
+            let (mut current, mut seq) = (tl, u64::MAX);
+            while let Some(parent) = current.parent {
+                seq = seq.min(current.branch_seq);
+                points.entry(parent).or_default().push(seq);
+                match self.by_num.get(&parent) {
+                    Some(p) => current = p,
+                    None => break,
+                }
             }
         }
         points
+    }
+
+    /// Refuses a read through `ancestry` that could need versions GC dropped: on some timeline of
+    /// it, a seq bound below its GC horizon (unless the bound is a descendant's branch point,
+    /// whose versions GC keeps, or shows none of that timeline's own versions), or an LSN bound
+    /// below it.
+    pub fn check_gc_horizon(&self, ancestry: &Ancestry) -> Result<(), BelowHorizon> {
+        for &(num, max_seq) in &ancestry.steps {
+            let tl = &self.by_num[&num];
+            let horizon = tl.gc_horizon;
+            let own_versions_visible = max_seq > tl.branch_seq;
+            let seq_ok = max_seq >= horizon.seq
+                || !own_versions_visible
+                || self.points.get(&num).is_some_and(|p| p.contains(&max_seq));
+            let lsn_ok = ancestry.max_lsn >= horizon.lsn || !own_versions_visible;
+            if !seq_ok || !lsn_ok {
+                let at = if seq_ok {
+                    format!("lsn {}", ancestry.max_lsn)
+                } else {
+                    format!("seq {max_seq}")
+                };
+                return Err(BelowHorizon {
+                    timeline: tl.id.clone(),
+                    horizon,
+                    at,
+                });
+            }
+        }
+        Ok(())
     }
 
     pub fn info(&self, tl: &Timeline) -> TimelineInfo {
@@ -123,6 +200,8 @@ impl Timelines {
             branch_lsn: tl.branch_lsn,
             term: tl.term,
             last_seq: tl.last_seq,
+            gc_horizon_seq: tl.gc_horizon.seq,
+            gc_horizon_lsn: tl.gc_horizon.lsn,
         }
     }
 

@@ -6,6 +6,10 @@
 //!   read "as of" some moment inside the window may still return it,
 //! - or the newest at or below some descendant timeline's branch point.
 //!
+//! Before dropping anything, GC makes each timeline's new GC horizon durable (see `GcHorizon`):
+//! reads and branches that could need a dropped version are refused from then on, instead of
+//! silently finding an older version or none.
+//!
 //! Compaction then rewrites each sealed segment whose live fraction fell below the threshold.
 //! Live bytes are those of live page versions and of live metadata records (a term superseded
 //! by a newer one is dead; timelines, namespace history and markers are kept forever), each with
@@ -23,9 +27,10 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use super::index::{Location, PageKey, PageVersion};
-use super::record::{self, BatchEncoder, MetaKey, Scanned};
+use super::record::{self, BatchEncoder, MetaKey, MetaRecord, Scanned};
 use super::writer::{now_ms, Writer};
 use super::{segment, StoreError};
+use crate::timeline::GcHorizon;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct MaintenanceReport {
@@ -58,7 +63,7 @@ pub fn gc_decisions(
 impl Writer {
     pub(super) fn maintain(&mut self) -> Result<MaintenanceReport, StoreError> {
         let mut report = MaintenanceReport {
-            versions_dropped: self.collect_garbage(),
+            versions_dropped: self.collect_garbage()?,
             ..Default::default()
         };
         let candidates: Vec<u64> = {
@@ -108,34 +113,78 @@ impl Writer {
         Ok(report)
     }
 
-    fn collect_garbage(&mut self) -> u64 {
+    /// Drops the versions nobody may read any more; returns how many. The GC horizon of every
+    /// timeline concerned is made durable first, so that no read or branch below it is ever
+    /// answered from what is left (even after a restart that finds the dropped records again).
+    fn collect_garbage(&mut self) -> Result<u64, StoreError> {
         let cutoff = now_ms().saturating_sub(self.config.retention.as_millis() as u64);
-        let mut guard = self.write_state();
-        let state = &mut *guard;
-        let points = state.timelines.branch_points();
-        let mut unlinks: HashMap<(u32, u64), Option<(u64, u64)>> = HashMap::new();
-        let mut dropped: Vec<Location> = Vec::new();
-        let timelines = &state.timelines;
-        state.index.retain(
-            |key, versions| {
+        // Decided under the read lock: this is the writer, nothing changes the state meanwhile.
+        let (decisions, horizons) = {
+            let state = self.read_state();
+            let timelines = &state.timelines;
+            let points = timelines.branch_points();
+            let mut unlinks: HashMap<(u32, u64), Option<(u64, u64)>> = HashMap::new();
+            let mut decisions: Vec<(PageKey, Vec<bool>)> = Vec::new();
+            let mut horizons: HashMap<u32, GcHorizon> = HashMap::new();
+            for (key, versions) in state.index.pages() {
                 let unlinked = *unlinks
                     .entry((key.timeline, key.file))
                     .or_insert_with(|| timelines.unlinked(key.timeline, key.file));
-                let points = points.get(&key.timeline).map_or(&[][..], Vec::as_slice);
-                gc_decisions(versions, cutoff, points, unlinked)
-            },
-            |v| dropped.push(v.location),
-        );
+                let tl_points = points.get(&key.timeline).map_or(&[][..], Vec::as_slice);
+                let keep = gc_decisions(versions, cutoff, tl_points, unlinked);
+                if keep.iter().all(|&k| k) {
+                    continue;
+                }
+                let horizon = horizons.entry(key.timeline).or_default();
+                for i in (0..versions.len()).filter(|&i| !keep[i]) {
+                    // A read returned version i only below its successor (see `GcHorizon`).
+                    *horizon = horizon.max(match versions.get(i + 1) {
+                        Some(next) => GcHorizon {
+                            seq: next.seq,
+                            lsn: next.lsn,
+                        },
+                        None => GcHorizon {
+                            seq: unlinked.expect("only an unlink lets GC drop a newest version").0,
+                            lsn: 0,
+                        },
+                    });
+                }
+                decisions.push((*key, keep));
+            }
+            let records: Vec<MetaRecord> = horizons
+                .into_iter()
+                .filter_map(|(num, h)| {
+                    let current = timelines.get(num)?.gc_horizon;
+                    let new = current.max(h);
+                    (new != current).then_some(MetaRecord::GcHorizon {
+                        timeline: num,
+                        seq: new.seq,
+                        lsn: new.lsn,
+                    })
+                })
+                .collect();
+            (decisions, records)
+        };
+        if decisions.is_empty() {
+            return Ok(0);
+        }
+        if !horizons.is_empty() {
+            self.commit_meta(&horizons)?;
+        }
+        let mut guard = self.write_state();
+        let state = &mut *guard;
+        let mut dropped: Vec<Location> = Vec::new();
+        for (key, keep) in &decisions {
+            state.index.drop_versions(key, keep, |v| dropped.push(v.location));
+        }
         for at in &dropped {
             state.account(*at, false);
         }
-        if !dropped.is_empty() {
-            self.metrics.gc_versions_dropped.inc_by(dropped.len() as u64);
-            state.publish_gauges(&self.metrics);
-            drop(guard);
-            self.dirty = true;
-        }
-        dropped.len() as u64
+        self.metrics.gc_versions_dropped.inc_by(dropped.len() as u64);
+        state.publish_gauges(&self.metrics);
+        drop(guard);
+        self.dirty = true;
+        Ok(dropped.len() as u64)
     }
 
     /// Copies what is live in segment `id` to the active segment; returns (bytes copied, bytes

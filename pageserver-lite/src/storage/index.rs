@@ -102,28 +102,31 @@ impl PageIndex {
         })
     }
 
-    /// Drops the versions `keep` refuses (given the page and all its versions); calls `dropped`
-    /// for each.
-    pub fn retain(
-        &mut self,
-        mut keep: impl FnMut(&PageKey, &[PageVersion]) -> Vec<bool>,
-        mut dropped: impl FnMut(&PageVersion),
-    ) {
-        let mut removed = 0;
-        self.pages.retain(|key, versions| {
-            let decisions = keep(key, versions);
-            let mut decision = decisions.iter();
-            versions.retain(|v| {
-                let kept = *decision.next().expect("one decision per version");
-                if !kept {
-                    dropped(v);
-                    removed += 1;
-                }
-                kept
-            });
-            !versions.is_empty()
+    /// Drops the versions of `key` that `keep` (one decision per version, as listed by
+    /// [`PageIndex::pages`]) refuses; calls `dropped` for each.
+    pub fn drop_versions(&mut self, key: &PageKey, keep: &[bool], mut dropped: impl FnMut(&PageVersion)) {
+        let Some(versions) = self.pages.get_mut(key) else {
+            return;
+        };
+        assert_eq!(versions.len(), keep.len(), "one decision per version");
+        let mut decision = keep.iter();
+        let before = versions.len();
+        versions.retain(|v| {
+            let kept = *decision.next().expect("one decision per version");
+            if !kept {
+                dropped(v);
+            }
+            kept
         });
-        self.versions -= removed;
+        self.versions -= before - versions.len();
+        if versions.is_empty() {
+            self.pages.remove(key);
+        }
+    }
+
+    /// Every page with all its versions.
+    pub fn pages(&self) -> impl Iterator<Item = (&PageKey, &[PageVersion])> {
+        self.pages.iter().map(|(k, v)| (k, v.as_slice()))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&PageKey, &PageVersion)> {
@@ -250,10 +253,7 @@ mod tests {
             index.insert(KEY, version(seq, seq));
         }
         let mut dropped = Vec::new();
-        index.retain(
-            |_, vs| vs.iter().map(|v| v.seq % 2 == 0).collect(),
-            |v| dropped.push(v.seq),
-        );
+        index.drop_versions(&KEY, &[false, true, false, true], |v| dropped.push(v.seq));
         assert_eq!(dropped, vec![1, 3]);
         assert_eq!(index.len(), 2);
         let from = version(2, 2).location;

@@ -41,7 +41,7 @@ use self::segment::Segments;
 use self::writer::{ControlOp, ControlOutcome, WriteOp};
 use crate::metrics::StoreMetrics;
 use crate::namespace::file_info;
-use crate::timeline::{Ancestry, Timelines};
+use crate::timeline::{Ancestry, BelowHorizon, GcHorizon, Timelines};
 
 pub use self::compaction::MaintenanceReport;
 
@@ -107,6 +107,12 @@ pub enum StoreError {
     CrcMismatch(String),
     #[error("no checkpoint marker of timeline {timeline:?} has log_end_lsn_at_write <= {lsn}")]
     NoMarker { timeline: String, lsn: u64 },
+    #[error(
+        "{}: GC has dropped page versions that {} on timeline {:?} needs (its GC horizon: seq {}, \
+         lsn {}); use a later point or the latest state",
+        .what, .below.at, .below.timeline, .below.horizon.seq, .below.horizon.lsn
+    )]
+    BelowGcHorizon { what: String, below: BelowHorizon },
     #[error("{0}")]
     Corrupt(String),
     #[error("{context}: {source}")]
@@ -215,6 +221,7 @@ impl State {
                         last_seq: *branch_seq,
                         markers: Vec::new(),
                         namespace: Default::default(),
+                        gc_horizon: Default::default(),
                     });
                 }
             }
@@ -232,6 +239,11 @@ impl State {
                 if let Some(tl) = self.timelines.get_mut(*timeline) {
                     tl.last_seq = tl.last_seq.max(version.seq);
                     tl.namespace.apply(*file, version.clone());
+                }
+            }
+            MetaRecord::GcHorizon { timeline, seq, lsn } => {
+                if let Some(tl) = self.timelines.get_mut(*timeline) {
+                    tl.gc_horizon = tl.gc_horizon.max(GcHorizon { seq: *seq, lsn: *lsn });
                 }
             }
             MetaRecord::Marker { timeline, marker } => {
@@ -416,6 +428,13 @@ impl Store {
         let located = {
             let state = self.state();
             let ancestry = state.timelines.ancestry(state.timeline_num(timeline)?, at);
+            state
+                .timelines
+                .check_gc_horizon(&ancestry)
+                .map_err(|below| StoreError::BelowGcHorizon {
+                    what: format!("cannot read timeline {timeline:?}"),
+                    below,
+                })?;
             addrs
                 .iter()
                 .map(|&addr| {

@@ -100,6 +100,12 @@ pub enum MetaRecord {
         timeline: u32,
         marker: CheckpointMarker,
     },
+    /// GC is about to drop versions below this (see `GcHorizon`); written before it does.
+    GcHorizon {
+        timeline: u32,
+        seq: u64,
+        lsn: u64,
+    },
 }
 
 /// What a metadata record is about. Of the records with the same key only one is live: the one
@@ -110,6 +116,7 @@ pub enum MetaRecord {
 pub enum MetaKey {
     Timeline(u32),
     Term(u32),
+    GcHorizon(u32),
     File {
         timeline: u32,
         file: u64,
@@ -131,6 +138,7 @@ impl MetaRecord {
         match self {
             MetaRecord::TimelineCreated { num, .. } => MetaKey::Timeline(*num),
             MetaRecord::TermAcquired { timeline, .. } => MetaKey::Term(*timeline),
+            MetaRecord::GcHorizon { timeline, .. } => MetaKey::GcHorizon(*timeline),
             MetaRecord::FileVersion {
                 timeline,
                 file,
@@ -154,6 +162,8 @@ impl MetaRecord {
     pub fn rank(&self) -> (u64, u64) {
         match self {
             MetaRecord::TermAcquired { term, .. } => (*term, 0),
+            // Written as the running maximum, so a newer one is never lower in either part.
+            MetaRecord::GcHorizon { seq, lsn, .. } => (*seq, *lsn),
             _ => (0, 0),
         }
     }

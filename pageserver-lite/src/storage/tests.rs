@@ -924,3 +924,75 @@ async fn segments_of_live_metadata_are_kept_and_dead_metadata_is_reclaimed() {
         store.shutdown().await;
     }
 }
+
+#[tokio::test]
+async fn reads_and_branches_below_the_gc_horizon_are_refused_also_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        segment_size: 1,
+        retention: Duration::ZERO,
+        ..config(dir.path())
+    };
+    let store = open(cfg.clone());
+    let file = setup(&store).await;
+    let s1 = put(&store, "main", 1, file, 0, 100, 1).await;
+    let branch = |id: &str, seq| CreateTimelineRequest {
+        id: id.into(),
+        parent: Some("main".into()),
+        branch_seq: Some(seq),
+        ..Default::default()
+    };
+    store.create_timeline(branch("kept", s1)).await.unwrap();
+    let s2 = put(&store, "main", 1, file, 0, 200, 2).await;
+    let s3 = put(&store, "main", 1, file, 0, 300, 3).await;
+    put(&store, "main", 1, file, 1, 50, 9).await;
+    assert_eq!(fill_of(&store, "main", at(file, 0), ReadAt::Seq(s2)), 2);
+
+    // Version 2 goes (its successor is out of the retention window and no branch sees it);
+    // version 1 stays for the branch.
+    assert_eq!(store.maintain().await.unwrap().versions_dropped, 1);
+    fn below<T>(r: Result<T, StoreError>) -> bool {
+        matches!(r, Err(StoreError::BelowGcHorizon { .. }))
+    }
+    let check = |store: &Store| {
+        let info = store.timeline("main").unwrap();
+        assert_eq!((info.gc_horizon_seq, info.gc_horizon_lsn), (s3, 300));
+        // Version 2 is gone: what it was the answer for is refused, not answered with version 1.
+        assert!(below(store.read_page("main", at(file, 0), ReadAt::Seq(s2))));
+        assert!(below(store.read_page("main", at(file, 0), ReadAt::Lsn(250))));
+        assert!(below(store.read_pages(
+            "main",
+            &[at(file, 1)],
+            ReadAt::Seq(s3 - 1)
+        )));
+        // The branch point, the horizon and after it read as before.
+        assert_eq!(fill_of(store, "main", at(file, 0), ReadAt::Seq(s1)), 1);
+        assert_eq!(fill_of(store, "main", at(file, 0), ReadAt::Seq(s3)), 3);
+        assert_eq!(fill_of(store, "main", at(file, 0), ReadAt::Lsn(300)), 3);
+        assert_eq!(fill_of(store, "main", at(file, 0), ReadAt::Latest), 3);
+        assert_eq!(fill_of(store, "kept", at(file, 0), ReadAt::Latest), 1);
+        assert_eq!(fill_of(store, "main", at(file, 1), ReadAt::Latest), 9);
+    };
+    check(&store);
+    let err = store.create_timeline(branch("late", s2)).await.unwrap_err();
+    assert!(matches!(err, StoreError::BelowGcHorizon { .. }), "{err}");
+    assert!(err.to_string().contains("GC horizon"), "{err}");
+    store.create_timeline(branch("again", s1)).await.unwrap();
+    store.create_timeline(branch("at-horizon", s3)).await.unwrap();
+    assert_eq!(fill_of(&store, "at-horizon", at(file, 0), ReadAt::Latest), 3);
+    // GC again: nothing new to drop, the horizon stays.
+    assert_eq!(store.maintain().await.unwrap().versions_dropped, 0);
+    check(&store);
+
+    // Durable: after a crash (the snapshot compaction wrote), and from the log alone.
+    drop(store);
+    for remove_snapshot in [false, true] {
+        if remove_snapshot {
+            std::fs::remove_file(super::snapshot::path(dir.path())).unwrap();
+        }
+        let store = open(cfg.clone());
+        check(&store);
+        let err = store.create_timeline(branch("late", s2)).await.unwrap_err();
+        assert!(matches!(err, StoreError::BelowGcHorizon { .. }), "{err}");
+    }
+}

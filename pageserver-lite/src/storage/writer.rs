@@ -439,7 +439,7 @@ impl Writer {
     }
 
     /// Writes metadata records durably and applies them.
-    fn commit_meta(&mut self, records: &[MetaRecord]) -> Result<(), StoreError> {
+    pub(super) fn commit_meta(&mut self, records: &[MetaRecord]) -> Result<(), StoreError> {
         let mut buf = Vec::new();
         let mut batch = BatchEncoder::new(&mut buf);
         for r in records {
@@ -679,6 +679,16 @@ impl Writer {
                 } else {
                     Err(StoreError::TimelineExists(req.id))
                 };
+            }
+            if let Some(p) = parent {
+                // The branch reads its ancestors at branch_seq forever: GC must not have been there.
+                let ancestry = s.timelines.ancestry(p, ReadAt::Seq(branch_seq));
+                s.timelines
+                    .check_gc_horizon(&ancestry)
+                    .map_err(|below| StoreError::BelowGcHorizon {
+                        what: format!("cannot create branch {:?} at seq {branch_seq}", req.id),
+                        below,
+                    })?;
             }
             MetaRecord::TimelineCreated {
                 num: s.timelines.next_num(),
