@@ -29,6 +29,8 @@ pub const DEFAULT_URL: &str = "http://127.0.0.1:8081";
 pub mod error_code {
     /// 410: the read point or branch point is below the timeline's GC horizon.
     pub const BELOW_GC_HORIZON: &str = "below_gc_horizon";
+    /// 409: another live file of the timeline has the path (create, or rename without replace).
+    pub const PATH_EXISTS: &str = "path_exists";
 }
 
 /// Response headers of a single-page read.
@@ -88,6 +90,11 @@ pub struct UpdateFileRequest {
     pub size: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub space_id: Option<u32>,
+    /// With `path`: if another live file has that path, unlink it in the same durable change
+    /// (POSIX `rename` over an existing target). Without it such a rename is refused with 409
+    /// `path_exists`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replace: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -503,6 +510,27 @@ impl PageserverClient {
         self.http
             .post_json(&format!("/v1/timelines/{timeline}/files/{file}"), req)
             .await
+    }
+
+    /// Renames `file` to `path`. If another live file has that path: with `replace`, that file
+    /// is unlinked by the same durable change (POSIX `rename` over an existing target: nobody
+    /// ever sees neither or both); without it the rename is refused with 409
+    /// [`error_code::PATH_EXISTS`].
+    pub async fn rename_file(
+        &self,
+        timeline: &str,
+        file: u64,
+        term: u64,
+        path: &str,
+        replace: bool,
+    ) -> Result<FileInfo, ClientError> {
+        let req = UpdateFileRequest {
+            term,
+            path: Some(path.to_string()),
+            replace,
+            ..Default::default()
+        };
+        self.update_file(timeline, file, &req).await
     }
 
     pub async fn unlink_file(

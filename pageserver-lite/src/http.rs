@@ -264,6 +264,7 @@ fn store_error(e: StoreError) -> HttpResponse {
         StoreError::TimelineNotFound(_) => (StatusCode::NOT_FOUND, "timeline_not_found"),
         StoreError::TimelineExists(_) => (StatusCode::CONFLICT, "timeline_exists"),
         StoreError::FileNotFound(_) => (StatusCode::NOT_FOUND, "file_not_found"),
+        StoreError::PathExists { .. } => (StatusCode::CONFLICT, error_code::PATH_EXISTS),
         StoreError::StaleTerm { .. } => (StatusCode::CONFLICT, "stale_term"),
         StoreError::UnknownTerm { .. } => (StatusCode::CONFLICT, "unknown_term"),
         StoreError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),

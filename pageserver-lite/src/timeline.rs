@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use ibd_api::pageserver::{CheckpointMarker, FileInfo, ReadAt, TimelineInfo};
 use serde::{Deserialize, Serialize};
 
-use crate::namespace::{file_info, FileState, FileVersion, Namespace};
+use crate::namespace::{file_info, FileState, FileVersion, Namespace, PathIndex};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Timeline {
@@ -28,6 +28,10 @@ pub struct Timeline {
     pub namespace: Namespace,
     #[serde(default)]
     pub gc_horizon: GcHorizon,
+    /// The live files of the newest state by path (rebuilt after loading, see
+    /// [`Timelines::rebuild_paths`]).
+    #[serde(skip)]
+    pub paths: PathIndex,
 }
 
 /// How far GC has eaten into a timeline's own history (durable: a `GcHorizon` record is synced
@@ -237,6 +241,54 @@ impl Timelines {
                 .namespace
                 .truncated_between(file, block, after_seq, max_seq)
         })
+    }
+
+    /// Brings the path index of timeline `num` up to date with `file`'s newest state there.
+    pub fn update_path(&mut self, num: u32, file: u64) {
+        if !self.has_ancestry(num) {
+            return;
+        }
+        let ancestry = self.ancestry(num, ReadAt::Latest);
+        let path = self.file_at(&ancestry, file).map(|(_, s)| s.path.clone());
+        if let Some(tl) = self.by_num.get_mut(&num) {
+            tl.paths.set(file, path.as_deref());
+        }
+    }
+
+    /// Rebuilds the path index of timeline `num` from scratch (a new branch; after recovery,
+    /// which applies namespace records in no particular order).
+    pub fn rebuild_paths(&mut self, num: u32) {
+        if !self.has_ancestry(num) {
+            return;
+        }
+        let mut paths = PathIndex::default();
+        for f in self.list_files(&self.ancestry(num, ReadAt::Latest)) {
+            paths.set(f.id, Some(&f.path));
+        }
+        if let Some(tl) = self.by_num.get_mut(&num) {
+            tl.paths = paths;
+        }
+    }
+
+    /// Whether `num` and all its ancestors are known (replay may meet a child before its parent).
+    fn has_ancestry(&self, num: u32) -> bool {
+        let mut current = num;
+        loop {
+            match self.by_num.get(&current) {
+                None => return false,
+                Some(tl) => match tl.parent {
+                    None => return true,
+                    Some(p) => current = p,
+                },
+            }
+        }
+    }
+
+    pub fn rebuild_all_paths(&mut self) {
+        let nums: Vec<u32> = self.by_num.keys().copied().collect();
+        for num in nums {
+            self.rebuild_paths(num);
+        }
     }
 
     /// All files visible through `ancestry`, by id.

@@ -553,3 +553,74 @@ async fn reads_and_branches_below_the_gc_horizon_are_410_gone() {
     assert_eq!(latest.image, page(file, 0, 2).image);
     assert_eq!(client.list_timelines().await.unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_are_unique_and_rename_can_replace_in_one_change() {
+    let mut server = Server::start(&[]);
+    let client = server.client();
+    let file = setup(&client).await; // db/t1.ibd
+    let create = |path: &str| CreateFileRequest {
+        term: 1,
+        path: path.into(),
+        kind: FileKind::Page,
+        size: 0,
+        space_id: None,
+    };
+    let err = client
+        .create_file("main", &create("db/t1.ibd"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::CONFLICT), "{err}");
+    assert_eq!(err.code(), Some(error_code::PATH_EXISTS), "{err}");
+    let tmp = client
+        .create_file("main", &create("db/#sql-ib1.ibd"))
+        .await
+        .unwrap();
+    client.put_pages("main", 1, &[page(tmp.id, 0, 5)]).await.unwrap();
+
+    let err = client
+        .rename_file("main", tmp.id, 1, "db/t1.ibd", false)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(error_code::PATH_EXISTS), "{err}");
+    let before = client.timeline("main").await.unwrap().last_seq;
+    let renamed = client
+        .rename_file("main", tmp.id, 1, "db/t1.ibd", true)
+        .await
+        .unwrap();
+    assert_eq!(
+        (renamed.id, renamed.path.as_str(), renamed.seq),
+        (tmp.id, "db/t1.ibd", before + 1)
+    );
+    server.kill();
+    server.restart();
+    let client = server.client();
+    let files = client.list_files("main", ReadAt::Latest).await.unwrap();
+    assert_eq!(files.len(), 1);
+    assert_eq!((files[0].id, files[0].path.as_str()), (tmp.id, "db/t1.ibd"));
+    assert_eq!(
+        client
+            .list_files("main", ReadAt::Seq(before))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    let err = client
+        .get_page("main", PageAddr::File { file, block: 0 }, ReadAt::Latest)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("file_not_found"), "{err}");
+    let got = client
+        .get_page(
+            "main",
+            PageAddr::File {
+                file: tmp.id,
+                block: 0,
+            },
+            ReadAt::Latest,
+        )
+        .await
+        .unwrap();
+    assert_eq!(got.image, page(tmp.id, 0, 5).image);
+}

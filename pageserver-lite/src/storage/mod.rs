@@ -40,7 +40,7 @@ use self::record::{MetaKey, MetaRecord, PAGE_IMAGE_OFFSET};
 use self::segment::Segments;
 use self::writer::{ControlOp, ControlOutcome, WriteOp};
 use crate::metrics::StoreMetrics;
-use crate::namespace::file_info;
+use crate::namespace::{file_info, FileVersion};
 use crate::timeline::{Ancestry, BelowHorizon, GcHorizon, Timelines};
 
 pub use self::compaction::MaintenanceReport;
@@ -97,6 +97,15 @@ pub enum StoreError {
     TimelineExists(String),
     #[error("{0} not found")]
     FileNotFound(String),
+    #[error(
+        "path {path:?} is taken by live file {file} of timeline {timeline:?}: unlink it first, or \
+         rename onto it with \"replace\": true"
+    )]
+    PathExists {
+        timeline: String,
+        path: String,
+        file: u64,
+    },
     #[error("stale term {given}: the timeline's term is {current}; another writer took over")]
     StaleTerm { given: u64, current: u64 },
     #[error("unknown term {given}: the timeline's term is {current}; acquire a term first")]
@@ -222,7 +231,9 @@ impl State {
                         markers: Vec::new(),
                         namespace: Default::default(),
                         gc_horizon: Default::default(),
+                        paths: Default::default(),
                     });
+                    self.timelines.rebuild_paths(*num);
                 }
             }
             MetaRecord::TermAcquired { timeline, term } => {
@@ -234,12 +245,20 @@ impl State {
                 timeline,
                 file,
                 version,
+            } => self.apply_file_version(*timeline, *file, version.clone()),
+            MetaRecord::RenameReplace {
+                timeline,
+                file,
+                version,
+                replaced,
             } => {
-                self.next_file_id = self.next_file_id.max(file + 1);
-                if let Some(tl) = self.timelines.get_mut(*timeline) {
-                    tl.last_seq = tl.last_seq.max(version.seq);
-                    tl.namespace.apply(*file, version.clone());
-                }
+                let unlink = FileVersion {
+                    state: None,
+                    truncated_to: None,
+                    ..version.clone()
+                };
+                self.apply_file_version(*timeline, *replaced, unlink);
+                self.apply_file_version(*timeline, *file, version.clone());
             }
             MetaRecord::GcHorizon { timeline, seq, lsn } => {
                 if let Some(tl) = self.timelines.get_mut(*timeline) {
@@ -254,6 +273,15 @@ impl State {
                     }
                 }
             }
+        }
+    }
+
+    fn apply_file_version(&mut self, timeline: u32, file: u64, version: FileVersion) {
+        self.next_file_id = self.next_file_id.max(file + 1);
+        if let Some(tl) = self.timelines.get_mut(timeline) {
+            tl.last_seq = tl.last_seq.max(version.seq);
+            tl.namespace.apply(file, version);
+            self.timelines.update_path(timeline, file);
         }
     }
 

@@ -96,6 +96,14 @@ pub enum MetaRecord {
         file: u64,
         version: FileVersion,
     },
+    /// `file` renamed onto the path of live file `replaced`, which is unlinked by the same
+    /// change (same seq): POSIX rename over an existing target, in one record.
+    RenameReplace {
+        timeline: u32,
+        file: u64,
+        version: FileVersion,
+        replaced: u64,
+    },
     Marker {
         timeline: u32,
         marker: CheckpointMarker,
@@ -143,6 +151,12 @@ impl MetaRecord {
                 timeline,
                 file,
                 version,
+            }
+            | MetaRecord::RenameReplace {
+                timeline,
+                file,
+                version,
+                ..
             } => MetaKey::File {
                 timeline: *timeline,
                 file: *file,

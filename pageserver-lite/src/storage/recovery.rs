@@ -224,6 +224,8 @@ pub fn recover(config: &StoreConfig, metrics: &StoreMetrics) -> Result<Recovered
     for (m, at) in &metas {
         state.apply_meta(m, *at);
     }
+    // The path indexes were kept up to date while applying, but in replay order.
+    state.timelines.rebuild_all_paths();
     let mut newest_seq: HashMap<u32, u64> = HashMap::new();
     for (key, v) in state.index.iter() {
         let seq = newest_seq.entry(key.timeline).or_default();

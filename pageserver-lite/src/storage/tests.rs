@@ -996,3 +996,208 @@ async fn reads_and_branches_below_the_gc_horizon_are_refused_also_after_a_restar
         assert!(matches!(err, StoreError::BelowGcHorizon { .. }), "{err}");
     }
 }
+
+fn create_req(path: &str, space_id: Option<u32>) -> CreateFileRequest {
+    CreateFileRequest {
+        term: 1,
+        path: path.into(),
+        kind: FileKind::Page,
+        size: 0,
+        space_id,
+    }
+}
+
+fn rename_req(path: &str, replace: bool) -> UpdateFileRequest {
+    UpdateFileRequest {
+        term: 1,
+        path: Some(path.into()),
+        replace,
+        ..Default::default()
+    }
+}
+
+fn live_paths(store: &Store, timeline: &str, at: ReadAt) -> Vec<(String, u64)> {
+    let mut paths: Vec<_> = store
+        .files(timeline, at)
+        .unwrap()
+        .into_iter()
+        .map(|f| (f.path, f.id))
+        .collect();
+    paths.sort();
+    paths
+}
+
+#[tokio::test]
+async fn a_path_names_one_live_file_and_rename_replaces_atomically() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        segment_size: 1,
+        ..config(dir.path())
+    };
+    let store = open(cfg.clone());
+    let t = setup(&store).await; // db/t.ibd
+    let err = store
+        .create_file("main", create_req("db/t.ibd", None))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::PathExists { file, .. } if file == t),
+        "{err}"
+    );
+    // InnoDB's ALTER TABLE: build #sql-1.ibd, then rename it over t.ibd.
+    let sql = store
+        .create_file("main", create_req("db/#sql-1.ibd", None))
+        .await
+        .unwrap()
+        .id;
+    put(&store, "main", 1, t, 0, 100, 1).await;
+    put(&store, "main", 1, sql, 0, 200, 2).await;
+    let err = store
+        .update_file("main", sql, rename_req("db/t.ibd", false))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::PathExists { file, .. } if file == t),
+        "{err}"
+    );
+    let before = store.timeline("main").unwrap().last_seq;
+    assert_eq!(
+        live_paths(&store, "main", ReadAt::Latest),
+        vec![("db/#sql-1.ibd".into(), sql), ("db/t.ibd".into(), t)],
+        "a refused rename changes nothing"
+    );
+
+    let renamed = store
+        .update_file("main", sql, rename_req("db/t.ibd", true))
+        .await
+        .unwrap();
+    assert_eq!((renamed.id, renamed.path.as_str()), (sql, "db/t.ibd"));
+    // One change, one seq: before it both files at their old paths, from it only the new one.
+    assert_eq!(renamed.seq, before + 1);
+    assert_eq!(store.timeline("main").unwrap().last_seq, before + 1);
+    let check = |store: &Store| {
+        assert_eq!(
+            live_paths(store, "main", ReadAt::Latest),
+            vec![("db/t.ibd".into(), sql)]
+        );
+        assert_eq!(
+            live_paths(store, "main", ReadAt::Seq(before)),
+            vec![("db/#sql-1.ibd".into(), sql), ("db/t.ibd".into(), t)]
+        );
+        let gone = store.read_page("main", at(t, 0), ReadAt::Latest);
+        assert!(matches!(gone, Err(StoreError::FileNotFound(_))), "{gone:?}");
+        assert_eq!(fill_of(store, "main", at(t, 0), ReadAt::Seq(before)), 1);
+        assert_eq!(fill_of(store, "main", at(sql, 0), ReadAt::Latest), 2);
+    };
+    check(&store);
+    // The replaced path is free again only for the renamed file; the old name is free.
+    let err = store
+        .create_file("main", create_req("db/t.ibd", None))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::PathExists { file, .. } if file == sql),
+        "{err}"
+    );
+    let again = store
+        .create_file("main", create_req("db/#sql-1.ibd", None))
+        .await
+        .unwrap();
+    assert_ne!(again.id, sql);
+    store.unlink_file("main", again.id, 1).await.unwrap();
+
+    // It is one record, alone in its batch.
+    let seg_dir = dir.path().join("segments");
+    let mut batches_with_it = Vec::new();
+    for id in segment::list(&seg_dir).unwrap() {
+        let bytes = std::fs::read(segment::path(&seg_dir, id)).unwrap();
+        record::scan_batches(
+            &bytes,
+            0,
+            |records| {
+                let is_it = |r: &record::RawRecord<'_>| {
+                    matches!(r.record, Scanned::Meta(record::MetaRecord::RenameReplace { .. }))
+                };
+                if records.iter().any(is_it) {
+                    batches_with_it.push(records.len());
+                }
+            },
+            |_| {},
+        );
+    }
+    assert_eq!(batches_with_it, vec![1]);
+
+    // Durable and still unique after a restart, replayed or from the snapshot.
+    drop(store);
+    let store = open(cfg.clone());
+    check(&store);
+    let err = store
+        .create_file("main", create_req("db/t.ibd", None))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::PathExists { .. }), "{err}");
+    store.shutdown().await;
+    drop(store);
+    let store = open(cfg.clone());
+    check(&store);
+    let err = store
+        .update_file("main", sql, rename_req("db/t.ibd", true))
+        .await
+        .unwrap();
+    assert_eq!(
+        err.path, "db/t.ibd",
+        "renaming a file onto its own path is no change"
+    );
+
+    // A branch sees its parent's files: their paths are taken there too, and a rename over one
+    // of them replaces it on the branch only.
+    store
+        .create_timeline(CreateTimelineRequest {
+            id: "b".into(),
+            parent: Some("main".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    store
+        .acquire_term("b", AcquireTermRequest::default())
+        .await
+        .unwrap();
+    let err = store
+        .create_file("b", create_req("db/t.ibd", None))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::PathExists { file, .. } if file == sql),
+        "{err}"
+    );
+    let new = store
+        .create_file("b", create_req("db/#sql-2.ibd", None))
+        .await
+        .unwrap()
+        .id;
+    store
+        .update_file("b", new, rename_req("db/t.ibd", true))
+        .await
+        .unwrap();
+    assert_eq!(
+        live_paths(&store, "b", ReadAt::Latest),
+        vec![("db/t.ibd".into(), new)]
+    );
+    assert_eq!(
+        live_paths(&store, "main", ReadAt::Latest),
+        vec![("db/t.ibd".into(), sql)]
+    );
+    let bad = store
+        .update_file(
+            "b",
+            new,
+            UpdateFileRequest {
+                term: 1,
+                replace: true,
+                ..Default::default()
+            },
+        )
+        .await;
+    assert!(matches!(bad, Err(StoreError::BadRequest(_))), "{bad:?}");
+}

@@ -529,6 +529,13 @@ impl Writer {
                 let (num, seq, file) = {
                     let s = self.read_state();
                     let (num, tl) = self.writable_timeline(&s, &timeline, req.term)?;
+                    if let Some(other) = tl.paths.get(&state.path) {
+                        return Err(StoreError::PathExists {
+                            timeline,
+                            path: state.path,
+                            file: other,
+                        });
+                    }
                     (num, tl.last_seq + 1, s.next_file_id.max(1))
                 };
                 self.commit_file_version(num, file, seq, Some(state.clone()), None)?;
@@ -537,9 +544,27 @@ impl Writer {
             ControlOp::UpdateFile(timeline, file, req) => {
                 let (num, seq, old) = self.current_file(&timeline, file, req.term)?;
                 let mut new = old.clone();
+                let mut replaced = None;
                 if let Some(path) = req.path {
                     check_path(&path)?;
+                    let s = self.read_state();
+                    let taken_by = s.timelines.get(num).and_then(|tl| tl.paths.get(&path));
+                    match taken_by {
+                        Some(other) if other != file && req.replace => replaced = Some(other),
+                        Some(other) if other != file => {
+                            return Err(StoreError::PathExists {
+                                timeline,
+                                path,
+                                file: other,
+                            });
+                        }
+                        _ => {}
+                    }
                     new.path = path;
+                } else if req.replace {
+                    return Err(StoreError::BadRequest(
+                        "\"replace\" is about a rename: give \"path\" too".into(),
+                    ));
                 }
                 if let Some(size) = req.size {
                     new.size = size;
@@ -554,7 +579,27 @@ impl Writer {
                     new.space_id = Some(space);
                 }
                 let truncated_to = (new.size < old.size).then_some(new.size);
-                self.commit_file_version(num, file, seq, Some(new.clone()), truncated_to)?;
+                let version = FileVersion {
+                    seq,
+                    state: Some(new.clone()),
+                    truncated_to,
+                    at_ms: now_ms(),
+                };
+                let record = match replaced {
+                    // One record: the target's unlink and the rename are durable together.
+                    Some(replaced) => MetaRecord::RenameReplace {
+                        timeline: num,
+                        file,
+                        version,
+                        replaced,
+                    },
+                    None => MetaRecord::FileVersion {
+                        timeline: num,
+                        file,
+                        version,
+                    },
+                };
+                self.commit_meta(&[record])?;
                 Ok(ControlOutcome::File(file_info(file, seq, &new)))
             }
             ControlOp::UnlinkFile(timeline, file, term) => {
