@@ -272,6 +272,7 @@ fn store_error(e: StoreError) -> HttpResponse {
         StoreError::NoMarker { .. } => (StatusCode::CONFLICT, "no_checkpoint_marker"),
         StoreError::BelowGcHorizon { .. } => (StatusCode::GONE, error_code::BELOW_GC_HORIZON),
         StoreError::Corrupt(_) => (StatusCode::INTERNAL_SERVER_ERROR, "corrupt_page"),
+        StoreError::TimelineDamaged(_) => (StatusCode::INTERNAL_SERVER_ERROR, "timeline_damaged"),
         StoreError::Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "io_error"),
         StoreError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
     };

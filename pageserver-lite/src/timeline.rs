@@ -126,7 +126,7 @@ impl Timelines {
         self.by_num.keys().next_back().map_or(1, |n| n + 1)
     }
 
-    /// The ancestry a read of `num` at `at` looks through.
+    /// The ancestry a read of `num` at `at` looks through (see [`Timelines::has_ancestry`]).
     pub fn ancestry(&self, num: u32, at: ReadAt) -> Ancestry {
         let tl = &self.by_num[&num];
         let (mut max_seq, max_lsn) = match at {
@@ -199,7 +199,11 @@ impl Timelines {
     pub fn info(&self, tl: &Timeline) -> TimelineInfo {
         TimelineInfo {
             id: tl.id.clone(),
-            parent: tl.parent.map(|p| self.by_num[&p].id.clone()),
+            parent: tl.parent.map(|p| {
+                self.by_num
+                    .get(&p)
+                    .map_or_else(|| format!("<lost timeline #{p}>"), |t| t.id.clone())
+            }),
             branch_seq: tl.parent.map(|_| tl.branch_seq),
             branch_lsn: tl.branch_lsn,
             term: tl.term,
@@ -224,10 +228,10 @@ impl Timelines {
     }
 
     /// If `file` is unlinked in the newest state of timeline `num`: the unlink's seq and time.
-    /// A timeline this store does not know (its creation record was lost to damage) has no
-    /// namespace: nothing of it counts as unlinked, so GC keeps its versions.
+    /// A timeline this store does not know (its or an ancestor's creation record was lost to
+    /// damage) has no namespace: nothing of it counts as unlinked.
     pub fn unlinked(&self, num: u32, file: u64) -> Option<(u64, u64)> {
-        if !self.by_num.contains_key(&num) {
+        if !self.has_ancestry(num) {
             return None;
         }
         let v = self.file_version_at(&self.ancestry(num, ReadAt::Latest), file)?;
@@ -270,8 +274,9 @@ impl Timelines {
         }
     }
 
-    /// Whether `num` and all its ancestors are known (replay may meet a child before its parent).
-    fn has_ancestry(&self, num: u32) -> bool {
+    /// Whether `num` and all its ancestors are known: replay may meet a child before its parent,
+    /// and damage may have taken a creation record. Only such timelines have an [`Ancestry`].
+    pub fn has_ancestry(&self, num: u32) -> bool {
         let mut current = num;
         loop {
             match self.by_num.get(&current) {

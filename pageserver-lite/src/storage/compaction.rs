@@ -127,6 +127,10 @@ impl Writer {
             let mut decisions: Vec<(PageKey, Vec<bool>)> = Vec::new();
             let mut horizons: HashMap<u32, GcHorizon> = HashMap::new();
             for (key, versions) in state.index.pages() {
+                // Without its whole ancestry (damage) nobody knows what a timeline needs: keep all.
+                if !timelines.has_ancestry(key.timeline) {
+                    continue;
+                }
                 let unlinked = *unlinks
                     .entry((key.timeline, key.file))
                     .or_insert_with(|| timelines.unlinked(key.timeline, key.file));

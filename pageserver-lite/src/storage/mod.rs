@@ -124,6 +124,8 @@ pub enum StoreError {
     BelowGcHorizon { what: String, below: BelowHorizon },
     #[error("{0}")]
     Corrupt(String),
+    #[error("{0}")]
+    TimelineDamaged(String),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -291,10 +293,19 @@ impl State {
         metrics.disk_bytes.set(self.segments.total_bytes() as i64);
     }
 
+    /// The timeline to read or write: it and all its ancestors must be known.
     fn timeline_num(&self, id: &str) -> Result<u32, StoreError> {
-        self.timelines
+        let num = self
+            .timelines
             .num_of(id)
-            .ok_or_else(|| StoreError::TimelineNotFound(id.to_string()))
+            .ok_or_else(|| StoreError::TimelineNotFound(id.to_string()))?;
+        if !self.timelines.has_ancestry(num) {
+            return Err(StoreError::TimelineDamaged(format!(
+                "timeline {id:?} cannot be served: the record that created one of its ancestors \
+                 was lost to damage (see pageserver_corrupt_records and the start-up log)"
+            )));
+        }
+        Ok(num)
     }
 
     /// Which file and block an address means, through `ancestry`.

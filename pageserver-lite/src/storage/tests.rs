@@ -1201,3 +1201,73 @@ async fn a_path_names_one_live_file_and_rename_replaces_atomically() {
         .await;
     assert!(matches!(bad, Err(StoreError::BadRequest(_))), "{bad:?}");
 }
+
+#[tokio::test]
+async fn a_timeline_whose_parent_record_is_lost_is_refused_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        segment_size: 1,
+        retention: Duration::ZERO,
+        ..config(dir.path())
+    };
+    let file = {
+        let store = open(cfg.clone());
+        let file = setup(&store).await;
+        put(&store, "main", 1, file, 0, 100, 1).await;
+        store
+            .create_timeline(CreateTimelineRequest {
+                id: "child".into(),
+                parent: Some("main".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        store
+            .acquire_term("child", AcquireTermRequest::default())
+            .await
+            .unwrap();
+        put(&store, "child", 1, file, 0, 200, 2).await;
+        put(&store, "child", 1, file, 0, 300, 3).await;
+        store
+            .create_timeline(CreateTimelineRequest {
+                id: "other".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        file
+    }; // crash
+       // Damage the record that created `main` (the first segment holds just it).
+    let seg_dir = dir.path().join("segments");
+    let first = segment::path(&seg_dir, segment::list(&seg_dir).unwrap()[0]);
+    let mut bytes = std::fs::read(&first).unwrap();
+    assert!(String::from_utf8_lossy(&bytes).contains("\"main\""));
+    bytes[HEADER_LEN + 5] ^= 0xff;
+    std::fs::write(&first, &bytes).unwrap();
+
+    let store = open(cfg.clone());
+    assert!(store.metrics().corrupt_records.get() > 0);
+    let err = store.read_page("child", at(file, 0), ReadAt::Latest).unwrap_err();
+    assert!(matches!(err, StoreError::TimelineDamaged(_)), "{err}");
+    let err = store
+        .put_pages("child", 1, vec![PageUpload::new(file, 1, 400, image(4))])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::TimelineDamaged(_)), "{err}");
+    let versions = store.metrics().versions.get();
+    assert_eq!(store.timelines().len(), 2, "child and other are listed");
+    // Maintenance and everything else go on; GC keeps all of the damaged timeline.
+    assert_eq!(store.maintain().await.unwrap().versions_dropped, 0);
+    assert_eq!(store.metrics().versions.get(), versions);
+    store
+        .acquire_term("other", AcquireTermRequest::default())
+        .await
+        .unwrap();
+    let f = store
+        .create_file("other", create_req("x.ibd", None))
+        .await
+        .unwrap()
+        .id;
+    put(&store, "other", 1, f, 0, 1, 7).await;
+    assert_eq!(fill_of(&store, "other", at(f, 0), ReadAt::Latest), 7);
+}
