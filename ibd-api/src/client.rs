@@ -58,6 +58,13 @@ impl ClientError {
         }
     }
 
+    /// The server no longer has the history asked for (410 Gone): GC or retention removed it
+    /// (pageserver `below_gc_horizon`, walsync `wal_removed`). Retrying cannot help; ask for a
+    /// newer point.
+    pub fn is_gone(&self) -> bool {
+        self.status() == Some(StatusCode::GONE)
+    }
+
     fn is_retryable(&self) -> bool {
         match self {
             ClientError::Transport { .. } => true,
@@ -333,6 +340,30 @@ mod tests {
         assert!(HttpClient::new("https://x:1", RetryPolicy::none()).is_err());
         assert!(HttpClient::new("http://x:1/path", RetryPolicy::none()).is_err());
         assert!(HttpClient::new("http://", RetryPolicy::none()).is_err());
+    }
+
+    #[test]
+    fn gone_is_recognised_through_retries() {
+        let gone = ClientError::Status {
+            url: "http://x:1/a".into(),
+            status: StatusCode::GONE,
+            body: ErrorBody::new("below_gc_horizon", "GC has dropped it"),
+        };
+        assert!(gone.is_gone());
+        let conflict = ClientError::Status {
+            url: "http://x:1/a".into(),
+            status: StatusCode::CONFLICT,
+            body: ErrorBody::new("stale_term", "no"),
+        };
+        assert!(!conflict.is_gone());
+        let wrapped = ClientError::RetriesExhausted {
+            url: "http://x:1/a".into(),
+            attempts: 2,
+            elapsed: Duration::ZERO,
+            last: Box::new(gone),
+        };
+        assert!(wrapped.is_gone());
+        assert_eq!(wrapped.code(), Some("below_gc_horizon"));
     }
 
     #[test]

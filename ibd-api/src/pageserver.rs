@@ -24,6 +24,15 @@ pub const BLOCK_SIZE: usize = 16384;
 /// Default address of the page server (DESIGN.md section 6).
 pub const DEFAULT_URL: &str = "http://127.0.0.1:8081";
 
+/// Machine-readable `error` codes of the pageserver's answers that callers act on (the full list
+/// is in `pageserver-lite/docs/api.md`).
+pub mod error_code {
+    /// 410: the read point or branch point is below the timeline's GC horizon.
+    pub const BELOW_GC_HORIZON: &str = "below_gc_horizon";
+    /// 409: another live file of the timeline has the path (create, or rename without replace).
+    pub const PATH_EXISTS: &str = "path_exists";
+}
+
 /// Response headers of a single-page read.
 pub const HEADER_CRC32C: &str = "x-crc32c";
 pub const HEADER_PAGE_LSN: &str = "x-page-lsn";
@@ -81,6 +90,11 @@ pub struct UpdateFileRequest {
     pub size: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub space_id: Option<u32>,
+    /// With `path`: if another live file has that path, unlink it in the same durable change
+    /// (POSIX `rename` over an existing target). Without it such a rename is refused with 409
+    /// `path_exists`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replace: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +132,13 @@ pub struct TimelineInfo {
     pub term: u64,
     /// Newest durable sequence number (a child's own numbers start after its branch point).
     pub last_seq: u64,
+    /// GC horizon: GC has dropped versions a read at a seq below `gc_horizon_seq` (other than a
+    /// descendant's branch point) or at an LSN below `gc_horizon_lsn` would return, so such reads
+    /// and branches there are refused with 410 `below_gc_horizon`. 0 until GC drops something.
+    #[serde(default)]
+    pub gc_horizon_seq: u64,
+    #[serde(default)]
+    pub gc_horizon_lsn: u64,
 }
 
 /// Acquire a new writer term: `term` if given (it must not be lower than the current one; equal is
@@ -489,6 +510,27 @@ impl PageserverClient {
         self.http
             .post_json(&format!("/v1/timelines/{timeline}/files/{file}"), req)
             .await
+    }
+
+    /// Renames `file` to `path`. If another live file has that path: with `replace`, that file
+    /// is unlinked by the same durable change (POSIX `rename` over an existing target: nobody
+    /// ever sees neither or both); without it the rename is refused with 409
+    /// [`error_code::PATH_EXISTS`].
+    pub async fn rename_file(
+        &self,
+        timeline: &str,
+        file: u64,
+        term: u64,
+        path: &str,
+        replace: bool,
+    ) -> Result<FileInfo, ClientError> {
+        let req = UpdateFileRequest {
+            term,
+            path: Some(path.to_string()),
+            replace,
+            ..Default::default()
+        };
+        self.update_file(timeline, file, &req).await
     }
 
     pub async fn unlink_file(

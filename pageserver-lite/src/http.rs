@@ -13,9 +13,10 @@ use bytes::BytesMut;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use ibd_api::pageserver::{
-    decode_upload, encode_read_response, AcquireTermRequest, CreateFileRequest, CreateTimelineRequest, Page,
-    PageAddr, ReadAt, ReadPagesRequest, RecordMarkerRequest, UnlinkFileRequest, UnlinkFileResponse,
-    UpdateFileRequest, HEADER_CRC32C, HEADER_FOUND, HEADER_PAGE_LSN, HEADER_SEQ, READ_HEADER_LEN,
+    decode_upload, encode_read_response, error_code, AcquireTermRequest, CreateFileRequest,
+    CreateTimelineRequest, Page, PageAddr, ReadAt, ReadPagesRequest, RecordMarkerRequest, UnlinkFileRequest,
+    UnlinkFileResponse, UpdateFileRequest, HEADER_CRC32C, HEADER_FOUND, HEADER_PAGE_LSN, HEADER_SEQ,
+    READ_HEADER_LEN,
 };
 use ibd_api::server::{
     bytes_response, error_response, full_body, json_response, metrics_response, query_param, read_body,
@@ -263,12 +264,15 @@ fn store_error(e: StoreError) -> HttpResponse {
         StoreError::TimelineNotFound(_) => (StatusCode::NOT_FOUND, "timeline_not_found"),
         StoreError::TimelineExists(_) => (StatusCode::CONFLICT, "timeline_exists"),
         StoreError::FileNotFound(_) => (StatusCode::NOT_FOUND, "file_not_found"),
+        StoreError::PathExists { .. } => (StatusCode::CONFLICT, error_code::PATH_EXISTS),
         StoreError::StaleTerm { .. } => (StatusCode::CONFLICT, "stale_term"),
         StoreError::UnknownTerm { .. } => (StatusCode::CONFLICT, "unknown_term"),
         StoreError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
         StoreError::CrcMismatch(_) => (StatusCode::BAD_REQUEST, "crc_mismatch"),
         StoreError::NoMarker { .. } => (StatusCode::CONFLICT, "no_checkpoint_marker"),
+        StoreError::BelowGcHorizon { .. } => (StatusCode::GONE, error_code::BELOW_GC_HORIZON),
         StoreError::Corrupt(_) => (StatusCode::INTERNAL_SERVER_ERROR, "corrupt_page"),
+        StoreError::TimelineDamaged(_) => (StatusCode::INTERNAL_SERVER_ERROR, "timeline_damaged"),
         StoreError::Io { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "io_error"),
         StoreError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
     };

@@ -17,4 +17,4 @@ pub mod namespace;
 pub mod storage;
 pub mod timeline;
 
-pub use storage::{MaintenanceReport, Store, StoreConfig, StoreError};
+pub use storage::{MaintenanceReport, Store, StoreConfig, StoreError, SyncHook};

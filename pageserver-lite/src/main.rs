@@ -58,7 +58,6 @@ async fn main() -> anyhow::Result<()> {
         anyhow::bail!("--compaction-threshold must be between 0 and 1");
     }
     let config = StoreConfig {
-        data_dir: args.data_dir.clone(),
         segment_size: args.segment_size_kib.max(1) * 1024,
         retention: Duration::from_secs(args.retention_secs),
         compaction_threshold: args.compaction_threshold,
@@ -66,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
             .then(|| Duration::from_millis(args.maintenance_interval_ms)),
         snapshot_interval: (args.snapshot_interval_secs > 0)
             .then(|| Duration::from_secs(args.snapshot_interval_secs)),
+        ..StoreConfig::new(&args.data_dir)
     };
 
     let mut registry = Registry::with_prefix("pageserver");

@@ -80,6 +80,35 @@ impl Namespace {
     }
 }
 
+/// Which live file has which path in the newest state of a timeline (its own files and those it
+/// sees of its ancestors): paths are unique among live files. Derived from the namespaces, never
+/// stored.
+#[derive(Debug, Clone, Default)]
+pub struct PathIndex {
+    by_path: HashMap<String, u64>,
+    by_file: HashMap<u64, String>,
+}
+
+impl PathIndex {
+    /// Records `file`'s path now (None: unlinked).
+    pub fn set(&mut self, file: u64, path: Option<&str>) {
+        if let Some(old) = self.by_file.remove(&file) {
+            if self.by_path.get(&old) == Some(&file) {
+                self.by_path.remove(&old);
+            }
+        }
+        if let Some(path) = path {
+            self.by_path.insert(path.to_string(), file);
+            self.by_file.insert(file, path.to_string());
+        }
+    }
+
+    /// The live file at `path`.
+    pub fn get(&self, path: &str) -> Option<u64> {
+        self.by_path.get(path).copied()
+    }
+}
+
 /// The wire form of a file as of one of its versions.
 pub fn file_info(id: u64, seq: u64, state: &FileState) -> FileInfo {
     FileInfo {

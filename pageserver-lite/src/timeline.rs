@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use ibd_api::pageserver::{CheckpointMarker, FileInfo, ReadAt, TimelineInfo};
 use serde::{Deserialize, Serialize};
 
-use crate::namespace::{file_info, FileState, FileVersion, Namespace};
+use crate::namespace::{file_info, FileState, FileVersion, Namespace, PathIndex};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Timeline {
@@ -26,6 +26,42 @@ pub struct Timeline {
     pub last_seq: u64,
     pub markers: Vec<CheckpointMarker>,
     pub namespace: Namespace,
+    #[serde(default)]
+    pub gc_horizon: GcHorizon,
+    /// The live files of the newest state by path (rebuilt after loading, see
+    /// [`Timelines::rebuild_paths`]).
+    #[serde(skip)]
+    pub paths: PathIndex,
+}
+
+/// How far GC has eaten into a timeline's own history (durable: a `GcHorizon` record is synced
+/// before GC drops anything). GC drops a version once its successor (the next version, or the
+/// file's unlink) left the retention window, unless a branch point lies between them; so a read
+/// whose seq bound is at least the highest such successor's seq, and whose LSN bound (if any) is
+/// at least the highest such successor's page LSN, finds exactly what it found before GC.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcHorizon {
+    pub seq: u64,
+    pub lsn: u64,
+}
+
+impl GcHorizon {
+    pub fn max(self, other: GcHorizon) -> GcHorizon {
+        GcHorizon {
+            seq: self.seq.max(other.seq),
+            lsn: self.lsn.max(other.lsn),
+        }
+    }
+}
+
+/// A read (or branch) point some of whose versions GC has dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BelowHorizon {
+    /// The timeline of the ancestry whose versions are gone.
+    pub timeline: String,
+    pub horizon: GcHorizon,
+    /// The read point, as seen on that timeline: "seq S" or "lsn T".
+    pub at: String,
 }
 
 /// Where a read looks: each timeline of the ancestry, newest first, with the highest seq visible
@@ -48,17 +84,22 @@ pub struct Timelines {
     by_num: BTreeMap<u32, Timeline>,
     #[serde(skip)]
     by_id: HashMap<String, u32>,
+    /// [`Timelines::branch_points`], kept up to date (reads check against it).
+    #[serde(skip)]
+    points: HashMap<u32, Vec<u64>>,
 }
 
 impl Timelines {
-    /// Rebuilds the id lookup after deserialization.
+    /// Rebuilds the lookups after deserialization.
     pub fn reindex(&mut self) {
         self.by_id = self.by_num.values().map(|t| (t.id.clone(), t.num)).collect();
+        self.points = self.compute_branch_points();
     }
 
     pub fn insert(&mut self, timeline: Timeline) {
         self.by_id.insert(timeline.id.clone(), timeline.num);
         self.by_num.insert(timeline.num, timeline);
+        self.points = self.compute_branch_points();
     }
 
     pub fn num_of(&self, id: &str) -> Option<u32> {
@@ -85,7 +126,7 @@ impl Timelines {
         self.by_num.keys().next_back().map_or(1, |n| n + 1)
     }
 
-    /// The ancestry a read of `num` at `at` looks through.
+    /// The ancestry a read of `num` at `at` looks through (see [`Timelines::has_ancestry`]).
     pub fn ancestry(&self, num: u32, at: ReadAt) -> Ancestry {
         let tl = &self.by_num[&num];
         let (mut max_seq, max_lsn) = match at {
@@ -105,24 +146,70 @@ impl Timelines {
 
     /// For every timeline, the seqs at which its descendants see it: GC keeps, for each page, the
     /// newest version at or below each of them.
-    pub fn branch_points(&self) -> HashMap<u32, Vec<u64>> {
+    pub fn branch_points(&self) -> &HashMap<u32, Vec<u64>> {
+        &self.points
+    }
+
+    fn compute_branch_points(&self) -> HashMap<u32, Vec<u64>> {
         let mut points: HashMap<u32, Vec<u64>> = HashMap::new();
-        for tl in self.by_num.values().filter(|t| t.parent.is_some()) {
-            for &(ancestor, seq) in &self.ancestry(tl.num, ReadAt::Latest).steps[1..] {
-                points.entry(ancestor).or_default().push(seq);
+        for tl in self.by_num.values() {
+            // As `ancestry` at latest, but replay may insert a child before its parent.
+            let (mut current, mut seq) = (tl, u64::MAX);
+            while let Some(parent) = current.parent {
+                seq = seq.min(current.branch_seq);
+                points.entry(parent).or_default().push(seq);
+                match self.by_num.get(&parent) {
+                    Some(p) => current = p,
+                    None => break,
+                }
             }
         }
         points
     }
 
+    /// Refuses a read through `ancestry` that could need versions GC dropped: on some timeline of
+    /// it, a seq bound below its GC horizon (unless the bound is a descendant's branch point,
+    /// whose versions GC keeps, or shows none of that timeline's own versions), or an LSN bound
+    /// below it.
+    pub fn check_gc_horizon(&self, ancestry: &Ancestry) -> Result<(), BelowHorizon> {
+        for &(num, max_seq) in &ancestry.steps {
+            let tl = &self.by_num[&num];
+            let horizon = tl.gc_horizon;
+            let own_versions_visible = max_seq > tl.branch_seq;
+            let seq_ok = max_seq >= horizon.seq
+                || !own_versions_visible
+                || self.points.get(&num).is_some_and(|p| p.contains(&max_seq));
+            let lsn_ok = ancestry.max_lsn >= horizon.lsn || !own_versions_visible;
+            if !seq_ok || !lsn_ok {
+                let at = if seq_ok {
+                    format!("lsn {}", ancestry.max_lsn)
+                } else {
+                    format!("seq {max_seq}")
+                };
+                return Err(BelowHorizon {
+                    timeline: tl.id.clone(),
+                    horizon,
+                    at,
+                });
+            }
+        }
+        Ok(())
+    }
+
     pub fn info(&self, tl: &Timeline) -> TimelineInfo {
         TimelineInfo {
             id: tl.id.clone(),
-            parent: tl.parent.map(|p| self.by_num[&p].id.clone()),
+            parent: tl.parent.map(|p| {
+                self.by_num
+                    .get(&p)
+                    .map_or_else(|| format!("<lost timeline #{p}>"), |t| t.id.clone())
+            }),
             branch_seq: tl.parent.map(|_| tl.branch_seq),
             branch_lsn: tl.branch_lsn,
             term: tl.term,
             last_seq: tl.last_seq,
+            gc_horizon_seq: tl.gc_horizon.seq,
+            gc_horizon_lsn: tl.gc_horizon.lsn,
         }
     }
 
@@ -141,10 +228,10 @@ impl Timelines {
     }
 
     /// If `file` is unlinked in the newest state of timeline `num`: the unlink's seq and time.
-    /// A timeline this store does not know (its creation record was lost to damage) has no
-    /// namespace: nothing of it counts as unlinked, so GC keeps its versions.
+    /// A timeline this store does not know (its or an ancestor's creation record was lost to
+    /// damage) has no namespace: nothing of it counts as unlinked.
     pub fn unlinked(&self, num: u32, file: u64) -> Option<(u64, u64)> {
-        if !self.by_num.contains_key(&num) {
+        if !self.has_ancestry(num) {
             return None;
         }
         let v = self.file_version_at(&self.ancestry(num, ReadAt::Latest), file)?;
@@ -158,6 +245,55 @@ impl Timelines {
                 .namespace
                 .truncated_between(file, block, after_seq, max_seq)
         })
+    }
+
+    /// Brings the path index of timeline `num` up to date with `file`'s newest state there.
+    pub fn update_path(&mut self, num: u32, file: u64) {
+        if !self.has_ancestry(num) {
+            return;
+        }
+        let ancestry = self.ancestry(num, ReadAt::Latest);
+        let path = self.file_at(&ancestry, file).map(|(_, s)| s.path.clone());
+        if let Some(tl) = self.by_num.get_mut(&num) {
+            tl.paths.set(file, path.as_deref());
+        }
+    }
+
+    /// Rebuilds the path index of timeline `num` from scratch (a new branch; after recovery,
+    /// which applies namespace records in no particular order).
+    pub fn rebuild_paths(&mut self, num: u32) {
+        if !self.has_ancestry(num) {
+            return;
+        }
+        let mut paths = PathIndex::default();
+        for f in self.list_files(&self.ancestry(num, ReadAt::Latest)) {
+            paths.set(f.id, Some(&f.path));
+        }
+        if let Some(tl) = self.by_num.get_mut(&num) {
+            tl.paths = paths;
+        }
+    }
+
+    /// Whether `num` and all its ancestors are known: replay may meet a child before its parent,
+    /// and damage may have taken a creation record. Only such timelines have an [`Ancestry`].
+    pub fn has_ancestry(&self, num: u32) -> bool {
+        let mut current = num;
+        loop {
+            match self.by_num.get(&current) {
+                None => return false,
+                Some(tl) => match tl.parent {
+                    None => return true,
+                    Some(p) => current = p,
+                },
+            }
+        }
+    }
+
+    pub fn rebuild_all_paths(&mut self) {
+        let nums: Vec<u32> = self.by_num.keys().copied().collect();
+        for num in nums {
+            self.rebuild_paths(num);
+        }
     }
 
     /// All files visible through `ancestry`, by id.

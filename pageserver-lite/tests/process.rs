@@ -9,8 +9,8 @@ use std::time::Duration;
 use common::{innodb_page, metric, Server};
 use hyper::{Method, StatusCode};
 use ibd_api::pageserver::{
-    CreateFileRequest, CreateTimelineRequest, FileKind, PageAddr, PageUpload, PageserverClient, ReadAt,
-    ReadPagesRequest, RecordMarkerRequest, BLOCK_SIZE,
+    error_code, CreateFileRequest, CreateTimelineRequest, FileKind, PageAddr, PageUpload, PageserverClient,
+    ReadAt, ReadPagesRequest, RecordMarkerRequest, BLOCK_SIZE,
 };
 use ibd_api::RetryPolicy;
 
@@ -502,4 +502,125 @@ async fn an_unusable_data_dir_or_port_is_refused_clearly() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open the page store"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_and_branches_below_the_gc_horizon_are_410_gone() {
+    let server = Server::start(&["--retention-secs", "0", "--maintenance-interval-ms", "50"]);
+    let client = server.client();
+    let file = setup(&client).await;
+    let first = client.put_pages("main", 1, &[page(file, 0, 1)]).await.unwrap();
+    client.put_pages("main", 1, &[page(file, 0, 2)]).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let info = loop {
+        let info = client.timeline("main").await.unwrap();
+        if info.gc_horizon_seq > 0 {
+            break info;
+        }
+        assert!(std::time::Instant::now() < deadline, "GC never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!((info.gc_horizon_seq, info.gc_horizon_lsn), (info.last_seq, 2000));
+
+    let addr = PageAddr::File { file, block: 0 };
+    let old = ReadAt::Seq(first.last_seq);
+    let batched = ReadPagesRequest {
+        at: old,
+        pages: vec![addr],
+    };
+    let branch = CreateTimelineRequest {
+        id: "old".into(),
+        parent: Some("main".into()),
+        branch_seq: Some(first.last_seq),
+        ..Default::default()
+    };
+    let errors = [
+        client.get_page("main", addr, old).await.unwrap_err(),
+        client
+            .get_page("main", addr, ReadAt::Lsn(1500))
+            .await
+            .unwrap_err(),
+        client.read_pages("main", &batched).await.unwrap_err(),
+        client.create_timeline(&branch).await.unwrap_err(),
+    ];
+    for err in errors {
+        assert_eq!(err.status(), Some(StatusCode::GONE), "{err}");
+        assert_eq!(err.code(), Some(error_code::BELOW_GC_HORIZON), "{err}");
+        assert!(err.is_gone(), "{err}");
+        assert!(err.to_string().contains("GC horizon"), "{err}");
+    }
+    let latest = client.get_page("main", addr, ReadAt::Latest).await.unwrap();
+    assert_eq!(latest.image, page(file, 0, 2).image);
+    assert_eq!(client.list_timelines().await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_are_unique_and_rename_can_replace_in_one_change() {
+    let mut server = Server::start(&[]);
+    let client = server.client();
+    let file = setup(&client).await; // db/t1.ibd
+    let create = |path: &str| CreateFileRequest {
+        term: 1,
+        path: path.into(),
+        kind: FileKind::Page,
+        size: 0,
+        space_id: None,
+    };
+    let err = client
+        .create_file("main", &create("db/t1.ibd"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::CONFLICT), "{err}");
+    assert_eq!(err.code(), Some(error_code::PATH_EXISTS), "{err}");
+    let tmp = client
+        .create_file("main", &create("db/#sql-ib1.ibd"))
+        .await
+        .unwrap();
+    client.put_pages("main", 1, &[page(tmp.id, 0, 5)]).await.unwrap();
+
+    let err = client
+        .rename_file("main", tmp.id, 1, "db/t1.ibd", false)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(error_code::PATH_EXISTS), "{err}");
+    let before = client.timeline("main").await.unwrap().last_seq;
+    let renamed = client
+        .rename_file("main", tmp.id, 1, "db/t1.ibd", true)
+        .await
+        .unwrap();
+    assert_eq!(
+        (renamed.id, renamed.path.as_str(), renamed.seq),
+        (tmp.id, "db/t1.ibd", before + 1)
+    );
+    server.kill();
+    server.restart();
+    let client = server.client();
+    let files = client.list_files("main", ReadAt::Latest).await.unwrap();
+    assert_eq!(files.len(), 1);
+    assert_eq!((files[0].id, files[0].path.as_str()), (tmp.id, "db/t1.ibd"));
+    assert_eq!(
+        client
+            .list_files("main", ReadAt::Seq(before))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    let err = client
+        .get_page("main", PageAddr::File { file, block: 0 }, ReadAt::Latest)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("file_not_found"), "{err}");
+    let got = client
+        .get_page(
+            "main",
+            PageAddr::File {
+                file: tmp.id,
+                block: 0,
+            },
+            ReadAt::Latest,
+        )
+        .await
+        .unwrap();
+    assert_eq!(got.image, page(tmp.id, 0, 5).image);
 }

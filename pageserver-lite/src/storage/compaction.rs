@@ -6,12 +6,18 @@
 //!   read "as of" some moment inside the window may still return it,
 //! - or the newest at or below some descendant timeline's branch point.
 //!
-//! Compaction then rewrites each sealed segment whose live fraction fell below the threshold:
-//! live page records and all metadata records are copied (byte for byte) to the active segment
-//! and synced, the index is pointed at the copies, an index snapshot is written (so start-up never
-//! looks for the old segment), and only then is the old segment deleted. A crash anywhere in
-//! between leaves either the old records or both copies, and replay treats copies as the same
-//! version.
+//! Before dropping anything, GC makes each timeline's new GC horizon durable (see `GcHorizon`):
+//! reads and branches that could need a dropped version are refused from then on, instead of
+//! silently finding an older version or none.
+//!
+//! Compaction then rewrites each sealed segment whose live fraction fell below the threshold.
+//! Live bytes are those of live page versions and of live metadata records (a term superseded
+//! by a newer one is dead; timelines, namespace history and markers are kept forever), each with
+//! its share of its batch's trailer. Live records are copied (byte for byte but for the batch
+//! flag) as one batch to the active segment and synced, the index is pointed at the copies, an
+//! index snapshot is written (so start-up never looks for the old segment), and only then is the
+//! old segment deleted. A crash anywhere in between leaves either the old records or both
+//! copies, and replay treats copies as the same version.
 //!
 //! Running on the writer thread keeps this simple and safe; the price is that uploads wait while
 //! a segment is rewritten (at most one segment's live bytes per segment compacted).
@@ -21,9 +27,10 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use super::index::{Location, PageKey, PageVersion};
-use super::record::{self, Scanned};
+use super::record::{self, BatchEncoder, MetaKey, MetaRecord, Scanned};
 use super::writer::{now_ms, Writer};
 use super::{segment, StoreError};
+use crate::timeline::GcHorizon;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct MaintenanceReport {
@@ -56,7 +63,7 @@ pub fn gc_decisions(
 impl Writer {
     pub(super) fn maintain(&mut self) -> Result<MaintenanceReport, StoreError> {
         let mut report = MaintenanceReport {
-            versions_dropped: self.collect_garbage(),
+            versions_dropped: self.collect_garbage()?,
             ..Default::default()
         };
         let candidates: Vec<u64> = {
@@ -106,34 +113,82 @@ impl Writer {
         Ok(report)
     }
 
-    fn collect_garbage(&mut self) -> u64 {
+    /// Drops the versions nobody may read any more; returns how many. The GC horizon of every
+    /// timeline concerned is made durable first, so that no read or branch below it is ever
+    /// answered from what is left (even after a restart that finds the dropped records again).
+    fn collect_garbage(&mut self) -> Result<u64, StoreError> {
         let cutoff = now_ms().saturating_sub(self.config.retention.as_millis() as u64);
-        let mut guard = self.write_state();
-        let state = &mut *guard;
-        let points = state.timelines.branch_points();
-        let mut unlinks: HashMap<(u32, u64), Option<(u64, u64)>> = HashMap::new();
-        let mut dropped: Vec<Location> = Vec::new();
-        let timelines = &state.timelines;
-        state.index.retain(
-            |key, versions| {
+        // Decided under the read lock: this is the writer, nothing changes the state meanwhile.
+        let (decisions, horizons) = {
+            let state = self.read_state();
+            let timelines = &state.timelines;
+            let points = timelines.branch_points();
+            let mut unlinks: HashMap<(u32, u64), Option<(u64, u64)>> = HashMap::new();
+            let mut decisions: Vec<(PageKey, Vec<bool>)> = Vec::new();
+            let mut horizons: HashMap<u32, GcHorizon> = HashMap::new();
+            for (key, versions) in state.index.pages() {
+                // Without its whole ancestry (damage) nobody knows what a timeline needs: keep all.
+                if !timelines.has_ancestry(key.timeline) {
+                    continue;
+                }
                 let unlinked = *unlinks
                     .entry((key.timeline, key.file))
                     .or_insert_with(|| timelines.unlinked(key.timeline, key.file));
-                let points = points.get(&key.timeline).map_or(&[][..], Vec::as_slice);
-                gc_decisions(versions, cutoff, points, unlinked)
-            },
-            |v| dropped.push(v.location),
-        );
+                let tl_points = points.get(&key.timeline).map_or(&[][..], Vec::as_slice);
+                let keep = gc_decisions(versions, cutoff, tl_points, unlinked);
+                if keep.iter().all(|&k| k) {
+                    continue;
+                }
+                let horizon = horizons.entry(key.timeline).or_default();
+                for i in (0..versions.len()).filter(|&i| !keep[i]) {
+                    // A read returned version i only below its successor (see `GcHorizon`).
+                    *horizon = horizon.max(match versions.get(i + 1) {
+                        Some(next) => GcHorizon {
+                            seq: next.seq,
+                            lsn: next.lsn,
+                        },
+                        None => GcHorizon {
+                            seq: unlinked.expect("only an unlink lets GC drop a newest version").0,
+                            lsn: 0,
+                        },
+                    });
+                }
+                decisions.push((*key, keep));
+            }
+            let records: Vec<MetaRecord> = horizons
+                .into_iter()
+                .filter_map(|(num, h)| {
+                    let current = timelines.get(num)?.gc_horizon;
+                    let new = current.max(h);
+                    (new != current).then_some(MetaRecord::GcHorizon {
+                        timeline: num,
+                        seq: new.seq,
+                        lsn: new.lsn,
+                    })
+                })
+                .collect();
+            (decisions, records)
+        };
+        if decisions.is_empty() {
+            return Ok(0);
+        }
+        if !horizons.is_empty() {
+            self.commit_meta(&horizons)?;
+        }
+        let mut guard = self.write_state();
+        let state = &mut *guard;
+        let mut dropped: Vec<Location> = Vec::new();
+        for (key, keep) in &decisions {
+            state.index.drop_versions(key, keep, |v| dropped.push(v.location));
+        }
         for at in &dropped {
             state.account(*at, false);
         }
-        if !dropped.is_empty() {
-            self.metrics.gc_versions_dropped.inc_by(dropped.len() as u64);
-            state.publish_gauges(&self.metrics);
-            drop(guard);
-            self.dirty = true;
-        }
-        dropped.len() as u64
+        self.metrics.gc_versions_dropped.inc_by(dropped.len() as u64);
+        state.publish_gauges(&self.metrics);
+        drop(guard);
+        self.dirty = true;
+        Ok(dropped.len() as u64)
     }
 
     /// Copies what is live in segment `id` to the active segment; returns (bytes copied, bytes
@@ -142,48 +197,75 @@ impl Writer {
         let buf = segment::read_all(&self.config.segment_dir(), id)
             .map_err(StoreError::io(format!("cannot read segment {id} for compaction")))?;
         let mut out = Vec::new();
-        let mut moved: Vec<(PageKey, u64, Location, u64)> = Vec::new();
-        {
+        // (page, seq, where it was, its index in the copy batch)
+        let mut moved: Vec<(PageKey, u64, Location, usize)> = Vec::new();
+        let mut moved_meta: Vec<(MetaKey, Location, usize)> = Vec::new();
+        let copied = {
             let state = self.read_state();
-            record::scan(
+            // The copies are one batch: a crash while writing them leaves the originals in charge.
+            let mut batch = BatchEncoder::new(&mut out);
+            let mut count = 0;
+            record::scan_batches(
                 &buf,
                 0,
-                |offset, len, rec| {
-                    let bytes = &buf[offset as usize..offset as usize + len as usize];
-                    match rec {
-                        Scanned::Page { meta, .. } => {
-                            let key = PageKey {
-                                timeline: meta.timeline,
-                                file: meta.file,
-                                block: meta.block,
-                            };
-                            let from = Location {
-                                segment: id,
-                                offset,
-                                len,
-                            };
-                            if state.index.is_live(&key, meta.seq, from) {
-                                moved.push((key, meta.seq, from, out.len() as u64));
-                                out.extend_from_slice(bytes);
+                |records| {
+                    for r in records {
+                        let bytes = &buf[r.offset as usize..(r.offset + u64::from(r.len)) as usize];
+                        let from = Location {
+                            segment: id,
+                            offset: r.offset,
+                            len: r.charged,
+                        };
+                        match r.record {
+                            Scanned::Page { meta, .. } => {
+                                let key = PageKey {
+                                    timeline: meta.timeline,
+                                    file: meta.file,
+                                    block: meta.block,
+                                };
+                                if state.index.is_live(&key, meta.seq, from) {
+                                    moved.push((key, meta.seq, from, count));
+                                    batch.copy(bytes);
+                                    count += 1;
+                                }
                             }
+                            Scanned::Meta(m) => {
+                                let key = m.key();
+                                if state.meta.is_live(&key, from) {
+                                    moved_meta.push((key, from, count));
+                                    batch.copy(bytes);
+                                    count += 1;
+                                }
+                            }
+                            Scanned::BadMeta { id: crc, .. } => {
+                                let key = MetaKey::Unreadable(crc);
+                                if state.meta.is_live(&key, from) {
+                                    moved_meta.push((key, from, count));
+                                    batch.copy(bytes);
+                                    count += 1;
+                                }
+                            }
+                            Scanned::Commit { .. } => unreachable!("scan_batches keeps trailers"),
                         }
-                        // Metadata is always live (and tiny).
-                        Scanned::Meta(_) | Scanned::BadMeta(_) => out.extend_from_slice(bytes),
                     }
                 },
-                |gap| tracing::error!(segment = id, ?gap, "compaction skips damaged bytes"),
+                |damage| tracing::error!(segment = id, ?damage, "compaction skips damaged records"),
             );
-        }
+            batch.finish()
+        };
         if !out.is_empty() {
             let (segment, base) = self.append(&out)?;
+            let to = |i: usize| Location {
+                segment,
+                offset: base + copied[i].0,
+                len: copied[i].1,
+            };
             let mut state = self.write_state();
-            for (key, seq, from, rel) in moved {
-                let to = Location {
-                    segment,
-                    offset: base + rel,
-                    len: from.len,
-                };
-                state.relocate(&key, seq, from, to);
+            for (key, seq, from, i) in moved {
+                state.relocate(&key, seq, from, to(i));
+            }
+            for (key, from, i) in moved_meta {
+                state.relocate_meta(&key, from, to(i));
             }
         }
         Ok((out.len() as u64, buf.len() as u64))

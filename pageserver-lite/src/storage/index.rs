@@ -1,6 +1,12 @@
-//! The in-memory index: for each page, its versions (sorted by seq) and where each one lives.
+//! The in-memory index: for each page, its versions (sorted by seq) and where each one lives;
+//! and where the live metadata records are.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::record::MetaKey;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PageKey {
@@ -9,12 +15,20 @@ pub struct PageKey {
     pub block: u64,
 }
 
-/// A record's place on disk: segment, byte offset of the record, whole record length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A record's place on disk: segment, byte offset of the record, and the bytes it accounts for
+/// there while live (the record and its share of its batch's trailer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Location {
     pub segment: u64,
     pub offset: u64,
     pub len: u32,
+}
+
+impl Location {
+    /// Whether both name the same record (a record is identified by where it starts).
+    pub fn same_record(&self, other: &Location) -> bool {
+        self.segment == other.segment && self.offset == other.offset
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +85,7 @@ impl PageIndex {
             return false;
         };
         match versions.binary_search_by_key(&seq, |v| v.seq) {
-            Ok(i) if versions[i].location == from => {
+            Ok(i) if versions[i].location.same_record(&from) => {
                 versions[i].location = to;
                 true
             }
@@ -84,32 +98,35 @@ impl PageIndex {
         self.pages.get(key).is_some_and(|versions| {
             versions
                 .binary_search_by_key(&seq, |v| v.seq)
-                .is_ok_and(|i| versions[i].location == at)
+                .is_ok_and(|i| versions[i].location.same_record(&at))
         })
     }
 
-    /// Drops the versions `keep` refuses (given the page and all its versions); calls `dropped`
-    /// for each.
-    pub fn retain(
-        &mut self,
-        mut keep: impl FnMut(&PageKey, &[PageVersion]) -> Vec<bool>,
-        mut dropped: impl FnMut(&PageVersion),
-    ) {
-        let mut removed = 0;
-        self.pages.retain(|key, versions| {
-            let decisions = keep(key, versions);
-            let mut decision = decisions.iter();
-            versions.retain(|v| {
-                let kept = *decision.next().expect("one decision per version");
-                if !kept {
-                    dropped(v);
-                    removed += 1;
-                }
-                kept
-            });
-            !versions.is_empty()
+    /// Drops the versions of `key` that `keep` (one decision per version, as listed by
+    /// [`PageIndex::pages`]) refuses; calls `dropped` for each.
+    pub fn drop_versions(&mut self, key: &PageKey, keep: &[bool], mut dropped: impl FnMut(&PageVersion)) {
+        let Some(versions) = self.pages.get_mut(key) else {
+            return;
+        };
+        assert_eq!(versions.len(), keep.len(), "one decision per version");
+        let mut decision = keep.iter();
+        let before = versions.len();
+        versions.retain(|v| {
+            let kept = *decision.next().expect("one decision per version");
+            if !kept {
+                dropped(v);
+            }
+            kept
         });
-        self.versions -= removed;
+        self.versions -= before - versions.len();
+        if versions.is_empty() {
+            self.pages.remove(key);
+        }
+    }
+
+    /// Every page with all its versions.
+    pub fn pages(&self) -> impl Iterator<Item = (&PageKey, &[PageVersion])> {
+        self.pages.iter().map(|(k, v)| (k, v.as_slice()))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&PageKey, &PageVersion)> {
@@ -121,6 +138,67 @@ impl PageIndex {
     /// Number of versions held.
     pub fn len(&self) -> usize {
         self.versions
+    }
+}
+
+/// The live metadata record of each [`MetaKey`] and where it is.
+#[derive(Debug, Default)]
+pub struct MetaIndex {
+    live: HashMap<MetaKey, MetaEntry>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaEntry {
+    pub rank: (u64, u64),
+    pub location: Location,
+}
+
+/// What [`MetaIndex::insert`] changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetaChange {
+    /// The new record is live; the one it supersedes (if any) is not any more.
+    Live { superseded: Option<Location> },
+    /// Nothing: a record of higher rank is live (the new one is dead on arrival), or the new one
+    /// is the live one already.
+    None,
+}
+
+impl MetaIndex {
+    pub fn insert(&mut self, key: MetaKey, entry: MetaEntry) -> MetaChange {
+        match self.live.entry(key) {
+            Entry::Vacant(e) => {
+                e.insert(entry);
+                MetaChange::Live { superseded: None }
+            }
+            Entry::Occupied(e)
+                if e.get().rank > entry.rank || e.get().location.same_record(&entry.location) =>
+            {
+                MetaChange::None
+            }
+            Entry::Occupied(mut e) => MetaChange::Live {
+                superseded: Some(e.insert(entry).location),
+            },
+        }
+    }
+
+    /// Whether the record at `at` is the live one of `key`.
+    pub fn is_live(&self, key: &MetaKey, at: Location) -> bool {
+        self.live.get(key).is_some_and(|e| e.location.same_record(&at))
+    }
+
+    /// Moves the live record of `key` to `to` if it still is at `from` (compaction copied it).
+    pub fn relocate(&mut self, key: &MetaKey, from: Location, to: Location) -> bool {
+        match self.live.get_mut(key) {
+            Some(e) if e.location.same_record(&from) => {
+                e.location = to;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&MetaKey, &MetaEntry)> {
+        self.live.iter()
     }
 }
 
@@ -175,10 +253,7 @@ mod tests {
             index.insert(KEY, version(seq, seq));
         }
         let mut dropped = Vec::new();
-        index.retain(
-            |_, vs| vs.iter().map(|v| v.seq % 2 == 0).collect(),
-            |v| dropped.push(v.seq),
-        );
+        index.drop_versions(&KEY, &[false, true, false, true], |v| dropped.push(v.seq));
         assert_eq!(dropped, vec![1, 3]);
         assert_eq!(index.len(), 2);
         let from = version(2, 2).location;

@@ -1,7 +1,8 @@
 //! The page store: log-structured, crash-safe, versioned.
 //!
 //! Data flow: a write goes to the single `writer` thread, which appends CRC-framed `record`s to
-//! the active `segment`, `fdatasync`s once for every request it gathered (group commit), then
+//! the active `segment` (each request a batch that recovery takes whole or not at all),
+//! `fdatasync`s once for every request it gathered (group commit), then
 //! publishes them in the in-memory `index` and answers. A read looks the page up in the index
 //! under a shared lock and `pread`s the image from its segment outside it, checking the CRC-32C
 //! the writer sent. At start, `recovery` loads the newest `snapshot` of the index, replays only
@@ -34,13 +35,13 @@ use ibd_api::pageserver::{
 use prometheus_client::registry::Registry;
 use tokio::sync::oneshot;
 
-use self::index::{Location, PageIndex, PageKey, PageVersion};
-use self::record::{MetaRecord, PAGE_IMAGE_OFFSET};
+use self::index::{Location, MetaChange, MetaEntry, MetaIndex, PageIndex, PageKey, PageVersion};
+use self::record::{MetaKey, MetaRecord, PAGE_IMAGE_OFFSET};
 use self::segment::Segments;
 use self::writer::{ControlOp, ControlOutcome, WriteOp};
 use crate::metrics::StoreMetrics;
-use crate::namespace::file_info;
-use crate::timeline::{Ancestry, Timelines};
+use crate::namespace::{file_info, FileVersion};
+use crate::timeline::{Ancestry, BelowHorizon, GcHorizon, Timelines};
 
 pub use self::compaction::MaintenanceReport;
 
@@ -58,6 +59,16 @@ pub struct StoreConfig {
     pub maintenance_interval: Option<Duration>,
     /// How often the index snapshot is rewritten when something changed (None: at shutdown only).
     pub snapshot_interval: Option<Duration>,
+    /// Called after every sync of appended records (tests: ordering checks and fault injection).
+    pub sync_hook: Option<Arc<dyn SyncHook>>,
+}
+
+/// Sees every sync that makes appended records durable: called after `fdatasync` returned and
+/// before anything it covers is published or acknowledged. Tests hold a sync open through it (no
+/// write may be acknowledged meanwhile) or fail it (the store must then refuse writes).
+pub trait SyncHook: Send + Sync + std::fmt::Debug {
+    /// The first `durable_len` bytes of `segment` are on disk. An error fails the sync.
+    fn synced(&self, segment: u64, durable_len: u64) -> std::io::Result<()>;
 }
 
 impl StoreConfig {
@@ -69,6 +80,7 @@ impl StoreConfig {
             compaction_threshold: 0.5,
             maintenance_interval: Some(Duration::from_secs(10)),
             snapshot_interval: Some(Duration::from_secs(60)),
+            sync_hook: None,
         }
     }
 
@@ -85,6 +97,15 @@ pub enum StoreError {
     TimelineExists(String),
     #[error("{0} not found")]
     FileNotFound(String),
+    #[error(
+        "path {path:?} is taken by live file {file} of timeline {timeline:?}: unlink it first, or \
+         rename onto it with \"replace\": true"
+    )]
+    PathExists {
+        timeline: String,
+        path: String,
+        file: u64,
+    },
     #[error("stale term {given}: the timeline's term is {current}; another writer took over")]
     StaleTerm { given: u64, current: u64 },
     #[error("unknown term {given}: the timeline's term is {current}; acquire a term first")]
@@ -95,8 +116,16 @@ pub enum StoreError {
     CrcMismatch(String),
     #[error("no checkpoint marker of timeline {timeline:?} has log_end_lsn_at_write <= {lsn}")]
     NoMarker { timeline: String, lsn: u64 },
+    #[error(
+        "{}: GC has dropped page versions that {} on timeline {:?} needs (its GC horizon: seq {}, \
+         lsn {}); use a later point or the latest state",
+        .what, .below.at, .below.timeline, .below.horizon.seq, .below.horizon.lsn
+    )]
+    BelowGcHorizon { what: String, below: BelowHorizon },
     #[error("{0}")]
     Corrupt(String),
+    #[error("{0}")]
+    TimelineDamaged(String),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -119,6 +148,7 @@ impl StoreError {
 pub(crate) struct State {
     pub timelines: Timelines,
     pub index: PageIndex,
+    pub meta: MetaIndex,
     pub segments: Segments,
     pub next_file_id: u64,
 }
@@ -155,9 +185,34 @@ impl State {
         }
     }
 
-    /// Applies a metadata record. Order-independent and idempotent, so replay can apply records
-    /// in any order and twice (see `recovery`); a timeline must exist before its other records.
-    pub fn apply_meta(&mut self, record: &MetaRecord) {
+    /// Counts the metadata record of `key` at `at` as live unless a record of higher `rank` is
+    /// (and the one it supersedes as dead).
+    pub fn track_meta(&mut self, key: MetaKey, rank: (u64, u64), at: Location) {
+        let entry = MetaEntry { rank, location: at };
+        if let MetaChange::Live { superseded } = self.meta.insert(key, entry) {
+            if let Some(old) = superseded {
+                self.account(old, false);
+            }
+            self.account(at, true);
+        }
+    }
+
+    /// Moves a metadata record compaction copied; false if it is no longer live there.
+    pub fn relocate_meta(&mut self, key: &MetaKey, from: Location, to: Location) -> bool {
+        let moved = self.meta.relocate(key, from, to);
+        if moved {
+            self.account(from, false);
+            self.account(to, true);
+        }
+        moved
+    }
+
+    /// Applies a metadata record found at `at`. Order-independent and idempotent, so replay can
+    /// apply records in any order and twice (see `recovery`); a timeline must exist before its
+    /// other records. The record counts as live bytes, even if its timeline is unknown (its
+    /// creation record was lost to damage: nothing of it is thrown away), unless superseded.
+    pub fn apply_meta(&mut self, record: &MetaRecord, at: Location) {
+        self.track_meta(record.key(), record.rank(), at);
         match record {
             MetaRecord::TimelineCreated {
                 num,
@@ -177,7 +232,10 @@ impl State {
                         last_seq: *branch_seq,
                         markers: Vec::new(),
                         namespace: Default::default(),
+                        gc_horizon: Default::default(),
+                        paths: Default::default(),
                     });
+                    self.timelines.rebuild_paths(*num);
                 }
             }
             MetaRecord::TermAcquired { timeline, term } => {
@@ -189,11 +247,24 @@ impl State {
                 timeline,
                 file,
                 version,
+            } => self.apply_file_version(*timeline, *file, version.clone()),
+            MetaRecord::RenameReplace {
+                timeline,
+                file,
+                version,
+                replaced,
             } => {
-                self.next_file_id = self.next_file_id.max(file + 1);
+                let unlink = FileVersion {
+                    state: None,
+                    truncated_to: None,
+                    ..version.clone()
+                };
+                self.apply_file_version(*timeline, *replaced, unlink);
+                self.apply_file_version(*timeline, *file, version.clone());
+            }
+            MetaRecord::GcHorizon { timeline, seq, lsn } => {
                 if let Some(tl) = self.timelines.get_mut(*timeline) {
-                    tl.last_seq = tl.last_seq.max(version.seq);
-                    tl.namespace.apply(*file, version.clone());
+                    tl.gc_horizon = tl.gc_horizon.max(GcHorizon { seq: *seq, lsn: *lsn });
                 }
             }
             MetaRecord::Marker { timeline, marker } => {
@@ -207,16 +278,34 @@ impl State {
         }
     }
 
+    fn apply_file_version(&mut self, timeline: u32, file: u64, version: FileVersion) {
+        self.next_file_id = self.next_file_id.max(file + 1);
+        if let Some(tl) = self.timelines.get_mut(timeline) {
+            tl.last_seq = tl.last_seq.max(version.seq);
+            tl.namespace.apply(file, version);
+            self.timelines.update_path(timeline, file);
+        }
+    }
+
     pub fn publish_gauges(&self, metrics: &StoreMetrics) {
         metrics.versions.set(self.index.len() as i64);
         metrics.segments.set(self.segments.len() as i64);
         metrics.disk_bytes.set(self.segments.total_bytes() as i64);
     }
 
+    /// The timeline to read or write: it and all its ancestors must be known.
     fn timeline_num(&self, id: &str) -> Result<u32, StoreError> {
-        self.timelines
+        let num = self
+            .timelines
             .num_of(id)
-            .ok_or_else(|| StoreError::TimelineNotFound(id.to_string()))
+            .ok_or_else(|| StoreError::TimelineNotFound(id.to_string()))?;
+        if !self.timelines.has_ancestry(num) {
+            return Err(StoreError::TimelineDamaged(format!(
+                "timeline {id:?} cannot be served: the record that created one of its ancestors \
+                 was lost to damage (see pageserver_corrupt_records and the start-up log)"
+            )));
+        }
+        Ok(num)
     }
 
     /// Which file and block an address means, through `ancestry`.
@@ -378,6 +467,13 @@ impl Store {
         let located = {
             let state = self.state();
             let ancestry = state.timelines.ancestry(state.timeline_num(timeline)?, at);
+            state
+                .timelines
+                .check_gc_horizon(&ancestry)
+                .map_err(|below| StoreError::BelowGcHorizon {
+                    what: format!("cannot read timeline {timeline:?}"),
+                    below,
+                })?;
             addrs
                 .iter()
                 .map(|&addr| {

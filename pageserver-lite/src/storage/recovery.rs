@@ -1,7 +1,8 @@
 //! Start-up: lock the data dir, load the index snapshot, replay the segments written after it.
 //!
-//! - A torn tail (a group commit cut short by a crash: never acknowledged) at the end of the newest
-//!   segment is truncated and reported.
+//! - Only whole batches count (see `record`): a torn tail (a group commit cut short by a crash:
+//!   never acknowledged) at the end of the newest segment, from the first batch without its
+//!   commit trailer on, is truncated and reported; so one upload is never half there.
 //! - Damage anywhere else is reported (log + `pageserver_corrupt_records`) and the store starts
 //!   anyway: a page record whose image fails its CRC-32C is indexed as damaged and reads of it
 //!   fail, never return it; bytes that are not a record at all are skipped.
@@ -14,7 +15,7 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use super::index::{Location, PageKey, PageVersion};
-use super::record::{self, MetaRecord, ScanEnd, Scanned};
+use super::record::{self, Damage, MetaKey, MetaRecord, ScanEnd, Scanned};
 use super::segment::{self, Segments};
 use super::snapshot;
 use super::writer::ActiveSegment;
@@ -94,6 +95,7 @@ pub fn recover(config: &StoreConfig, metrics: &StoreMetrics) -> Result<Recovered
     let mut state = State {
         timelines: Default::default(),
         index: Default::default(),
+        meta: Default::default(),
         segments,
         next_file_id: 1,
     };
@@ -103,6 +105,9 @@ pub fn recover(config: &StoreConfig, metrics: &StoreMetrics) -> Result<Recovered
             state.next_file_id = s.header.next_file_id;
             for (key, version) in s.pages {
                 state.apply_page(key, version);
+            }
+            for (key, entry) in s.header.meta {
+                state.track_meta(key, entry.rank, entry.location);
             }
             (s.header.segment, s.header.offset)
         }
@@ -128,64 +133,68 @@ pub fn recover(config: &StoreConfig, metrics: &StoreMetrics) -> Result<Recovered
                 buf.len()
             )));
         }
-        let end = record::scan(
+        let end = record::scan_batches(
             &buf,
             from,
-            |offset, len, rec| match rec {
-                Scanned::Page {
-                    meta,
-                    crc32c,
-                    image,
-                    damaged,
-                } => {
-                    if damaged {
-                        metrics.corrupt_records.inc();
-                        tracing::error!(
-                            segment = id,
-                            offset,
-                            file = meta.file,
-                            block = meta.block,
-                            seq = meta.seq,
-                            "page image fails its CRC-32C; reads of this version will fail"
-                        );
-                    }
-                    let key = PageKey {
-                        timeline: meta.timeline,
-                        file: meta.file,
-                        block: meta.block,
+            |records| {
+                for r in records {
+                    let offset = r.offset;
+                    let at = Location {
+                        segment: id,
+                        offset,
+                        len: r.charged,
                     };
-                    state.apply_page(
-                        key,
-                        PageVersion {
-                            seq: meta.seq,
-                            lsn: meta.lsn,
+                    match r.record {
+                        Scanned::Page {
+                            meta,
                             crc32c,
-                            image_len: image.len() as u32,
-                            written_at_ms: meta.written_at_ms,
-                            location: Location {
-                                segment: id,
-                                offset,
-                                len,
-                            },
+                            image,
                             damaged,
-                        },
-                    );
-                }
-                Scanned::Meta(m) => metas.push(m),
-                Scanned::BadMeta(why) => {
-                    metrics.corrupt_records.inc();
-                    tracing::error!(segment = id, offset, "unreadable metadata record: {why}");
+                        } => {
+                            if damaged {
+                                metrics.corrupt_records.inc();
+                                tracing::error!(
+                                    segment = id,
+                                    offset,
+                                    file = meta.file,
+                                    block = meta.block,
+                                    seq = meta.seq,
+                                    "page image fails its CRC-32C; reads of this version will fail"
+                                );
+                            }
+                            let key = PageKey {
+                                timeline: meta.timeline,
+                                file: meta.file,
+                                block: meta.block,
+                            };
+                            state.apply_page(
+                                key,
+                                PageVersion {
+                                    seq: meta.seq,
+                                    lsn: meta.lsn,
+                                    crc32c,
+                                    image_len: image.len() as u32,
+                                    written_at_ms: meta.written_at_ms,
+                                    location: at,
+                                    damaged,
+                                },
+                            );
+                        }
+                        Scanned::Meta(m) => metas.push((m, at)),
+                        Scanned::BadMeta { why, id: crc } => {
+                            metrics.corrupt_records.inc();
+                            tracing::error!(
+                                segment = id,
+                                offset,
+                                "unreadable metadata record (kept as it is): {why}"
+                            );
+                            state.track_meta(MetaKey::Unreadable(crc), (0, 0), at);
+                        }
+                        Scanned::Commit { .. } => unreachable!("scan_batches keeps trailers"),
+                    }
                 }
             },
-            |gap| {
-                metrics.corrupt_records.inc();
-                tracing::error!(
-                    segment = id,
-                    start = gap.start,
-                    end = gap.end,
-                    "damaged bytes in a segment; the records there are lost"
-                );
-            },
+            |damage| report_damage(id, damage, metrics),
         );
         if let ScanEnd::TornAt(at) = end {
             if Some(id) == newest {
@@ -211,10 +220,12 @@ pub fn recover(config: &StoreConfig, metrics: &StoreMetrics) -> Result<Recovered
         }
     }
     // Timelines first (a stable sort keeps the rest in log order).
-    metas.sort_by_key(|m| !matches!(m, MetaRecord::TimelineCreated { .. }));
-    for m in &metas {
-        state.apply_meta(m);
+    metas.sort_by_key(|(m, _)| !matches!(m, MetaRecord::TimelineCreated { .. }));
+    for (m, at) in &metas {
+        state.apply_meta(m, *at);
     }
+    // The path indexes were kept up to date while applying, but in replay order.
+    state.timelines.rebuild_all_paths();
     let mut newest_seq: HashMap<u32, u64> = HashMap::new();
     for (key, v) in state.index.iter() {
         let seq = newest_seq.entry(key.timeline).or_default();
@@ -256,6 +267,31 @@ pub fn recover(config: &StoreConfig, metrics: &StoreMetrics) -> Result<Recovered
     })
 }
 
+/// Logs and counts (`pageserver_corrupt_records`) what a scan of segment `id` skipped.
+fn report_damage(id: u64, damage: Damage, metrics: &StoreMetrics) {
+    match damage {
+        Damage::Gap(gap) => {
+            metrics.corrupt_records.inc();
+            tracing::error!(
+                segment = id,
+                start = gap.start,
+                end = gap.end,
+                "damaged bytes in a segment; the records there are lost"
+            );
+        }
+        Damage::BrokenBatch { start, end, records } => {
+            metrics.corrupt_records.inc();
+            tracing::error!(
+                segment = id,
+                start,
+                end,
+                records,
+                "a batch without a matching commit trailer; its records are discarded"
+            );
+        }
+    }
+}
+
 /// Verifies the segment stretches start-up took from the snapshot without reading them: damage is
 /// logged and counted in `pageserver_corrupt_records` (reads check every page's CRC-32C anyway, so
 /// this only finds it sooner). A segment compaction removed meanwhile is skipped.
@@ -271,34 +307,28 @@ pub fn scrub(dir: &Path, unverified: &[(u64, u64)], metrics: &StoreMetrics) {
         };
         let covered = &buf[..buf.len().min(len as usize)];
         let damaged = std::cell::Cell::new(0u64);
-        let end = record::scan(
+        let end = record::scan_batches(
             covered,
             0,
-            |offset, _, rec| {
-                if let Scanned::Page {
-                    meta, damaged: true, ..
-                } = rec
-                {
-                    damaged.set(damaged.get() + 1);
-                    tracing::error!(
-                        segment = id,
-                        offset,
-                        file = meta.file,
-                        block = meta.block,
-                        seq = meta.seq,
-                        "page image fails its CRC-32C; reads of this version will fail"
-                    );
+            |records| {
+                for r in records {
+                    if let Scanned::Page {
+                        meta, damaged: true, ..
+                    } = r.record
+                    {
+                        damaged.set(damaged.get() + 1);
+                        tracing::error!(
+                            segment = id,
+                            offset = r.offset,
+                            file = meta.file,
+                            block = meta.block,
+                            seq = meta.seq,
+                            "page image fails its CRC-32C; reads of this version will fail"
+                        );
+                    }
                 }
             },
-            |gap| {
-                damaged.set(damaged.get() + 1);
-                tracing::error!(
-                    segment = id,
-                    start = gap.start,
-                    end = gap.end,
-                    "damaged bytes in a segment"
-                );
-            },
+            |damage| report_damage(id, damage, metrics),
         );
         if let ScanEnd::TornAt(at) = end {
             damaged.set(damaged.get() + 1);

@@ -1,7 +1,7 @@
 //! The index snapshot, `<data-dir>/index.snapshot`, so start-up replays only what came after it.
 //!
 //! ```text
-//! "PSSNAP01" | header_len u64 | header (JSON: position, segments, next_file_id, timelines)
+//! "PSSNAP02" | header_len u64 | header (JSON: position, segments, next_file_id, timelines, meta)
 //! | count u64 | count x page entry (73 bytes) | CRC-32C u32 of everything before
 //! ```
 //!
@@ -14,12 +14,17 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::index::{Location, PageKey, PageVersion};
+use super::index::{Location, MetaEntry, PageKey, PageVersion};
+use super::record::MetaKey;
 use super::writer::Writer;
 use super::{segment, StoreError};
 use crate::timeline::Timelines;
 
-const MAGIC: &[u8; 8] = b"PSSNAP01";
+const MAGIC: &[u8; 8] = b"PSSNAP02";
+/// A snapshot without the live metadata records (before they counted as live bytes): replaying
+/// the log instead rebuilds everything, where loading it would leave them uncounted and
+/// compaction would drop them.
+const OLD_MAGIC: &[u8; 8] = b"PSSNAP01";
 const ENTRY_LEN: usize = 73;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -29,6 +34,8 @@ pub struct Header {
     pub segments: Vec<u64>,
     pub next_file_id: u64,
     pub timelines: Timelines,
+    /// The live metadata records.
+    pub meta: Vec<(MetaKey, MetaEntry)>,
 }
 
 #[derive(Debug)]
@@ -51,6 +58,7 @@ impl Writer {
                 segments: state.segments.ids(),
                 next_file_id: state.next_file_id,
                 timelines: state.timelines.clone(),
+                meta: state.meta.iter().map(|(k, e)| (*k, *e)).collect(),
             };
             let json = serde_json::to_vec(&header).expect("snapshot header serializes");
             let mut buf = Vec::with_capacity(32 + json.len() + state.index.len() * ENTRY_LEN);
@@ -87,14 +95,18 @@ impl Writer {
     }
 }
 
-/// Loads the snapshot; None if there is none. A damaged one is an error for the caller to report
-/// (it then replays every segment instead).
+/// Loads the snapshot; None if there is none (or it has an older format, see [`OLD_MAGIC`]). A
+/// damaged one is an error for the caller to report (it then replays every segment instead).
 pub fn load(data_dir: &Path) -> Result<Option<Snapshot>, String> {
     let buf = match std::fs::read(path(data_dir)) {
         Ok(buf) => buf,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("cannot read: {e}")),
     };
+    if buf.starts_with(OLD_MAGIC) {
+        tracing::info!("the index snapshot has an older format; replaying every segment instead");
+        return Ok(None);
+    }
     if buf.len() < MAGIC.len() + 20 || &buf[..8] != MAGIC {
         return Err("not a snapshot (bad magic or too short)".into());
     }

@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 
 use super::compaction::MaintenanceReport;
 use super::index::{Location, PageKey, PageVersion};
-use super::record::{self, MetaRecord, PageMeta};
+use super::record::{BatchEncoder, MetaRecord, PageMeta};
 use super::{segment, State, StoreConfig, StoreError};
 use crate::metrics::StoreMetrics;
 use crate::namespace::{file_info, FileState, FileVersion};
@@ -288,6 +288,9 @@ impl Writer {
         let next_seq = staged.next_seq.entry(num).or_insert(last_seq);
         let first_seq = *next_seq + 1;
         let written_at_ms = now_ms();
+        // One batch per upload: after a crash it is all there or not at all.
+        let mut batch = BatchEncoder::new(&mut staged.buf);
+        let mut versions = Vec::with_capacity(pages.len());
         for (p, kind) in pages.iter().zip(kinds) {
             *next_seq += 1;
             let mut lsn = p.lsn;
@@ -306,14 +309,13 @@ impl Writer {
                 lsn,
                 written_at_ms,
             };
-            let offset = staged.buf.len() as u64;
-            record::encode_page(&mut staged.buf, &meta, &p.image, p.crc32c);
+            batch.page(&meta, &p.image, p.crc32c);
             let key = PageKey {
                 timeline: num,
                 file: p.file,
                 block: p.block,
             };
-            staged.pages.push((
+            versions.push((
                 key,
                 PageVersion {
                     seq: meta.seq,
@@ -323,12 +325,17 @@ impl Writer {
                     written_at_ms,
                     location: Location {
                         segment: 0,
-                        offset,
-                        len: (staged.buf.len() as u64 - offset) as u32,
+                        offset: 0,
+                        len: 0,
                     },
                     damaged: false,
                 },
             ));
+        }
+        for ((key, mut version), (offset, len)) in versions.into_iter().zip(batch.finish()) {
+            version.location.offset = offset;
+            version.location.len = len;
+            staged.pages.push((key, version));
         }
         let count = pages.len() as u64;
         Ok(PutPagesResponse {
@@ -388,8 +395,12 @@ impl Writer {
         self.check_writable()?;
         let result = self.roll_if_full().and_then(|()| {
             let started = Instant::now();
-            segment::append_durable(&self.active.file, self.active.len, buf)
-                .map_err(StoreError::io(format!("cannot write segment {}", self.active.id)))?;
+            let failed = || StoreError::io(format!("cannot write segment {}", self.active.id));
+            segment::append_durable(&self.active.file, self.active.len, buf).map_err(failed())?;
+            if let Some(hook) = &self.config.sync_hook {
+                hook.synced(self.active.id, self.active.len + buf.len() as u64)
+                    .map_err(failed())?;
+            }
             self.metrics
                 .fsync_seconds
                 .observe(started.elapsed().as_secs_f64());
@@ -428,15 +439,22 @@ impl Writer {
     }
 
     /// Writes metadata records durably and applies them.
-    fn commit_meta(&mut self, records: &[MetaRecord]) -> Result<(), StoreError> {
+    pub(super) fn commit_meta(&mut self, records: &[MetaRecord]) -> Result<(), StoreError> {
         let mut buf = Vec::new();
+        let mut batch = BatchEncoder::new(&mut buf);
         for r in records {
-            record::encode_meta(&mut buf, r);
+            batch.meta(r);
         }
-        self.append(&buf)?;
+        let placed = batch.finish();
+        let (segment, base) = self.append(&buf)?;
         let mut state = self.write_state();
-        for r in records {
-            state.apply_meta(r);
+        for (r, (offset, len)) in records.iter().zip(placed) {
+            let at = Location {
+                segment,
+                offset: base + offset,
+                len,
+            };
+            state.apply_meta(r, at);
         }
         state.publish_gauges(&self.metrics);
         Ok(())
@@ -511,6 +529,13 @@ impl Writer {
                 let (num, seq, file) = {
                     let s = self.read_state();
                     let (num, tl) = self.writable_timeline(&s, &timeline, req.term)?;
+                    if let Some(other) = tl.paths.get(&state.path) {
+                        return Err(StoreError::PathExists {
+                            timeline,
+                            path: state.path,
+                            file: other,
+                        });
+                    }
                     (num, tl.last_seq + 1, s.next_file_id.max(1))
                 };
                 self.commit_file_version(num, file, seq, Some(state.clone()), None)?;
@@ -519,9 +544,27 @@ impl Writer {
             ControlOp::UpdateFile(timeline, file, req) => {
                 let (num, seq, old) = self.current_file(&timeline, file, req.term)?;
                 let mut new = old.clone();
+                let mut replaced = None;
                 if let Some(path) = req.path {
                     check_path(&path)?;
+                    let s = self.read_state();
+                    let taken_by = s.timelines.get(num).and_then(|tl| tl.paths.get(&path));
+                    match taken_by {
+                        Some(other) if other != file && req.replace => replaced = Some(other),
+                        Some(other) if other != file => {
+                            return Err(StoreError::PathExists {
+                                timeline,
+                                path,
+                                file: other,
+                            });
+                        }
+                        _ => {}
+                    }
                     new.path = path;
+                } else if req.replace {
+                    return Err(StoreError::BadRequest(
+                        "\"replace\" is about a rename: give \"path\" too".into(),
+                    ));
                 }
                 if let Some(size) = req.size {
                     new.size = size;
@@ -536,7 +579,27 @@ impl Writer {
                     new.space_id = Some(space);
                 }
                 let truncated_to = (new.size < old.size).then_some(new.size);
-                self.commit_file_version(num, file, seq, Some(new.clone()), truncated_to)?;
+                let version = FileVersion {
+                    seq,
+                    state: Some(new.clone()),
+                    truncated_to,
+                    at_ms: now_ms(),
+                };
+                let record = match replaced {
+                    // One record: the target's unlink and the rename are durable together.
+                    Some(replaced) => MetaRecord::RenameReplace {
+                        timeline: num,
+                        file,
+                        version,
+                        replaced,
+                    },
+                    None => MetaRecord::FileVersion {
+                        timeline: num,
+                        file,
+                        version,
+                    },
+                };
+                self.commit_meta(&[record])?;
                 Ok(ControlOutcome::File(file_info(file, seq, &new)))
             }
             ControlOp::UnlinkFile(timeline, file, term) => {
@@ -661,6 +724,16 @@ impl Writer {
                 } else {
                     Err(StoreError::TimelineExists(req.id))
                 };
+            }
+            if let Some(p) = parent {
+                // The branch reads its ancestors at branch_seq forever: GC must not have been there.
+                let ancestry = s.timelines.ancestry(p, ReadAt::Seq(branch_seq));
+                s.timelines
+                    .check_gc_horizon(&ancestry)
+                    .map_err(|below| StoreError::BelowGcHorizon {
+                        what: format!("cannot create branch {:?} at seq {branch_seq}", req.id),
+                        below,
+                    })?;
             }
             MetaRecord::TimelineCreated {
                 num: s.timelines.next_num(),
