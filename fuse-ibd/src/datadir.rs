@@ -923,11 +923,12 @@ impl Datadir {
         }
         if let Some(pages) = &self.pages {
             let (from_rel, to_rel) = (self.relative(&from_path), self.relative(&to_path));
-            // The replaced target is gone locally: unlink it remotely first.
-            pages.unlink(&to_rel).map_err(Self::page_error("rename"))?;
-            pages
+            let replaced = pages
                 .rename(&from_rel, &to_rel)
                 .map_err(Self::page_error("rename"))?;
+            if let Some(cache) = &self.cache {
+                replaced.into_iter().for_each(|id| cache.forget(id));
+            }
         }
         Ok(())
     }

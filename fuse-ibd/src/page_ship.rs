@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ibd_api::pageserver::{
+    error_code,
     CreateFileRequest, CreateTimelineRequest, FileInfo, FileKind as WireKind, PageAddr, PageUpload,
     PageserverClient, ReadAt, ReadPagesRequest, RecordMarkerRequest, UpdateFileRequest,
 };
@@ -256,10 +257,18 @@ impl PageShipper {
             size,
             space_id: None,
         };
-        let info = self
-            .runtime
-            .block_on(self.client.create_file(&self.timeline, &req))
-            .map_err(namespace_error)?;
+        let info = match self.runtime.block_on(self.client.create_file(&self.timeline, &req)) {
+            Ok(info) => info,
+            // A retry after a lost answer finds the file the first attempt created.
+            Err(e) if e.code() == Some(error_code::PATH_EXISTS) => self
+                .runtime
+                .block_on(self.client.list_files(&self.timeline, ReadAt::Latest))
+                .map_err(namespace_error)?
+                .into_iter()
+                .find(|f| f.path == path)
+                .ok_or_else(|| namespace_error(e))?,
+            Err(e) => return Err(namespace_error(e)),
+        };
         let id = info.id;
         self.files().insert(path.to_string(), info);
         Ok(id)
@@ -277,8 +286,9 @@ impl PageShipper {
         Ok(())
     }
 
-    /// Renames a file, or every file under a renamed directory.
-    pub fn rename(&self, from: &str, to: &str) -> Result<(), PageShipError> {
+    /// Renames a file, or every file under a renamed directory, replacing a file already at the
+    /// new name in the same durable change (POSIX rename). Returns the ids of replaced files.
+    pub fn rename(&self, from: &str, to: &str) -> Result<Vec<u64>, PageShipError> {
         let prefix = format!("{from}/");
         let moved: Vec<String> = self
             .files()
@@ -286,17 +296,33 @@ impl PageShipper {
             .filter(|p| *p == from || p.starts_with(&prefix))
             .cloned()
             .collect();
+        let mut replaced = Vec::new();
+        if moved.is_empty() {
+            // An unshipped file (a scratch file, say) now has the name: the shipped one is gone.
+            if let Some(target) = self.file(to) {
+                self.unlink(to)?;
+                replaced.push(target.id);
+            }
+        }
         for old in moved {
             let new = format!("{to}{}", &old[from.len()..]);
-            let req = UpdateFileRequest {
-                term: self.term,
-                path: Some(new),
-                ..Default::default()
+            let (Some(id), target) = (self.file(&old).map(|f| f.id), self.file(&new)) else {
+                continue;
             };
-            self.update(&old, req)?;
-            self.files().remove(&old);
+            if let Some(target) = &target {
+                // Uploads still queued for the replaced file would find it gone.
+                self.wait_durable(self.current_ticket())?;
+                replaced.push(target.id);
+            }
+            let info = self
+                .runtime
+                .block_on(self.client.rename_file(&self.timeline, id, self.term, &new, true))
+                .map_err(namespace_error)?;
+            let mut files = self.files();
+            files.remove(&old);
+            files.insert(new, info);
         }
-        Ok(())
+        Ok(replaced)
     }
 
     /// Unlinks a file; its queued uploads are made durable first, so none arrives for a file the

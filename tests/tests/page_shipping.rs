@@ -130,3 +130,30 @@ fn pages_reach_the_pageserver_and_data_fsync_waits_for_it() {
     remote::assert_pageserver_matches(&pageserver.url, TIMELINE, &mnt).unwrap();
     fuse.unmount().unwrap();
 }
+
+#[test]
+fn a_rename_over_a_shipped_file_replaces_it_on_the_pageserver() {
+    if !prereq::require_fuse("a_rename_over_a_shipped_file_replaces_it_on_the_pageserver") {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let pageserver = Service::start("pageserver-lite", &root.path().join("pageserver")).unwrap();
+    let args = ["--pageserver", &pageserver.url, "--timeline", TIMELINE];
+    let (mnt, cache) = (root.path().join("datadir"), root.path().join("cache"));
+    let fuse = FuseIbd::mount_with(&mnt, &cache, &args).unwrap();
+    for (name, fill) in [("a.ibd", 0xaa_u8), ("b.ibd", 0xbb)] {
+        let f = std::fs::File::create(mnt.join(name)).unwrap();
+        f.write_all_at(&vec![fill; 2 * BLOCK as usize], 0).unwrap();
+        f.sync_all().unwrap();
+    }
+    let rt = remote::runtime();
+    let ps = PageserverClient::new(&pageserver.url).unwrap();
+    let files = || rt.block_on(ps.list_files(TIMELINE, ReadAt::Latest)).unwrap();
+    let b_id = files().iter().find(|f| f.path == "b.ibd").unwrap().id;
+
+    std::fs::rename(mnt.join("b.ibd"), mnt.join("a.ibd")).unwrap();
+    let live: Vec<(String, u64)> = files().into_iter().map(|f| (f.path, f.id)).collect();
+    assert_eq!(live, vec![("a.ibd".to_string(), b_id)], "b.ibd took a.ibd's place");
+    assert_eq!(remote::assert_pageserver_matches(&pageserver.url, TIMELINE, &mnt).unwrap(), 1);
+    fuse.unmount().unwrap();
+}
