@@ -253,6 +253,7 @@ fn variables_and_status_come_from_the_fuse_ibd_mount() {
     );
     let db = start(&fuse.mountpoint, &args).unwrap();
     assert_eq!(db.value("SELECT COUNT(*) FROM w.t").unwrap(), "30000");
+    assert_eq!(show(&db, "SHOW VARIABLES LIKE 'innodb_page_server%'"), expected);
     let fresh = wait_for_status(&db, "the doublewrite warning", |s| {
         s["Page_server_doublewrite_warning"] == "ON"
     });
@@ -270,6 +271,19 @@ fn variables_and_status_come_from_the_fuse_ibd_mount() {
         "SHOW GLOBAL STATUS LIKE 'Page_server%' on a fresh node:\n{}",
         db.sql("SHOW GLOBAL STATUS LIKE 'Page_server%'").unwrap()
     );
+
+    // In a running server: UNINSTALL removes everything, INSTALL SONAME initialises it again
+    // (the doublewrite check then runs at once, the server having started long ago).
+    db.sql("UNINSTALL SONAME 'innodb_page_server'").unwrap();
+    assert_eq!(db.sql("SHOW VARIABLES LIKE 'innodb_page_server%'").unwrap(), "");
+    assert_eq!(db.sql("SHOW STATUS LIKE 'Page_server%'").unwrap(), "");
+    db.sql("INSTALL SONAME 'innodb_page_server'").unwrap();
+    assert_eq!(show(&db, "SHOW VARIABLES LIKE 'innodb_page_server%'"), expected);
+    wait_for_status(&db, "the doublewrite warning after INSTALL SONAME", |s| {
+        s["Page_server_doublewrite_warning"] == "ON"
+    });
+    assert_eq!(db.error_log().matches(DOUBLEWRITE_WARNING).count(), 2);
+    db.sql("UNINSTALL SONAME 'innodb_page_server'").unwrap();
     db.shutdown().unwrap();
 
     // The address and port are the mount's to decide: asking for another one refuses to start.
