@@ -20,6 +20,7 @@ declare -A NEED=(
   [pkg-config]=/usr/bin/pkg-config
   [curl]=/usr/bin/curl
   [mariadb-backup]=/usr/bin/mariadb-backup
+  [libmariadbd-dev]=/usr/include/mariadb/server/mysql/plugin.h
 )
 
 missing=()

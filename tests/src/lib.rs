@@ -320,6 +320,55 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     bin
 }
 
+/// The `innodb_page_server` plugin library this workspace builds (`mariadb-plugin`), next to
+/// the test executable like [`workspace_binary`]; `scripts/test.sh` builds it with the workspace.
+pub fn plugin_library() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let lib = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>")
+        .join("libinnodb_page_server.so");
+    assert!(
+        lib.is_file(),
+        "{} not built: run `cargo build --workspace` (or `-p innodb-page-server-plugin`) first",
+        lib.display()
+    );
+    lib
+}
+
+/// The installed server's plugin directory (`plugin-dir` of `mariadbd --verbose --help`).
+pub fn system_plugin_dir() -> Result<PathBuf> {
+    let out = Command::new("mariadbd")
+        .args(["--no-defaults", "--verbose", "--help"])
+        .output()
+        .context("running mariadbd --verbose --help")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("plugin-dir").map(str::trim))
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .context("mariadbd --verbose --help shows no plugin-dir")
+}
+
+/// A plugin directory for test servers (`--plugin-dir`): a link to every plugin of the installed
+/// server, so none is hidden, plus `innodb_page_server.so`, this workspace's build. Tests never
+/// write into the system's plugin directory: other checkouts' tests may run at the same time,
+/// each with its own build of the plugin.
+pub fn plugin_dir(dir: &Path) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let system = system_plugin_dir()?;
+    for entry in std::fs::read_dir(&system).with_context(|| format!("reading {}", system.display()))? {
+        let entry = entry?;
+        // An installed copy of the plugin would shadow the build under test.
+        if entry.file_name() != "innodb_page_server.so" {
+            std::os::unix::fs::symlink(entry.path(), dir.join(entry.file_name()))?;
+        }
+    }
+    std::os::unix::fs::symlink(plugin_library(), dir.join("innodb_page_server.so"))?;
+    Ok(dir.into())
+}
+
 /// Whether `path` is a mount point right now (`/proc/self/mountinfo`).
 pub fn is_mounted(path: &Path) -> bool {
     let Ok(canonical) = path.canonicalize() else {
