@@ -65,8 +65,7 @@ impl Procs {
 /// The server binary of a compute: its `image`, else `mariadbd` from `PATH`.
 fn server_binary(config: &ComputeConfig) -> Result<PathBuf> {
     match config.image.as_deref() {
-        None => prereq::find_tool("mariadbd")
-            .ok_or_else(|| CtlError::Missing("mariadbd not found: apt-get install mariadb-server".into())),
+        None => prereq::tool("mariadbd"),
         Some(image) if image.contains('/') => {
             let path = PathBuf::from(image);
             if path.is_file() {
@@ -96,7 +95,10 @@ fn server_comm(config: &ComputeConfig) -> String {
 
 /// `SELECT 1` through the socket answers `1`.
 pub(crate) async fn answers(socket: &Path) -> bool {
-    let out = tokio::process::Command::new("mariadb")
+    let Ok(client) = prereq::tool("mariadb") else {
+        return false;
+    };
+    let out = tokio::process::Command::new(client)
         .arg(format!("--socket={}", socket.display()))
         .args(["-uroot", "--connect-timeout=2", "-N", "-B", "-e", "SELECT 1"])
         .stdin(Stdio::null())
@@ -662,7 +664,7 @@ impl Control {
         let log_err = log
             .try_clone()
             .map_err(|e| CtlError::path("create", &paths.install_log, e))?;
-        let mut child = tokio::process::Command::new("mariadb-install-db")
+        let mut child = tokio::process::Command::new(prereq::tool("mariadb-install-db")?)
             .arg(format!("--defaults-file={}", paths.my_cnf.display()))
             .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
             .stdin(Stdio::null())
@@ -719,6 +721,7 @@ impl Control {
 
     /// `ibdctl compute wipe`: a stopped compute's local disk deleted; the next start is fresh.
     pub async fn wipe_compute(&self, name: &str) -> Result<()> {
+        prereq::require_root("wiping a compute")?;
         let _lock = self.lock().await?;
         let state = self.state()?;
         let compute = state.compute(name)?;
@@ -735,6 +738,7 @@ impl Control {
     /// Marks compute `name` stopped and stops it: clean shutdown, or SIGKILL of mariadbd and
     /// fuse-ibd (`kill`: a crash, as far as InnoDB can tell).
     pub async fn stop_compute(&self, name: &str, kill: bool) -> Result<ComputeStatus> {
+        prereq::require_root("stopping a compute")?;
         let lock = self.lock().await?;
         let mut state = self.state()?;
         let compute = state.compute_mut(name)?;
@@ -810,6 +814,7 @@ impl Control {
 
     /// Stops compute `name`, deletes its directory (local disk and logs) and forgets it.
     pub async fn delete_compute(&self, name: &str) -> Result<()> {
+        prereq::require_root("deleting a compute")?;
         let _lock = self.lock().await?;
         let mut state = self.state()?;
         let compute = state.compute_mut(name)?;

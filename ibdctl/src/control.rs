@@ -249,6 +249,7 @@ impl Control {
     /// Stops everything: the control plane first (it would restart what is stopped), every
     /// compute cleanly, then the services. The state stays: `up` brings back what was running.
     pub async fn down(&self) -> Result<()> {
+        prereq::require_root("ibdctl down")?;
         self.stop_control_plane().await;
         let _lock = self.lock().await?;
         let mut state = self.state()?;

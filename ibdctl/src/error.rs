@@ -20,12 +20,9 @@ pub enum CtlError {
     /// A component did not start, stop or answer as it should.
     #[error("{0}")]
     Failed(String),
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The cause is part of the message (not a `source()`), so every front end shows it once.
+    #[error("{what}: {cause}")]
+    Io { what: String, cause: std::io::Error },
 }
 
 pub type Result<T, E = CtlError> = std::result::Result<T, E>;
@@ -43,10 +40,10 @@ impl CtlError {
         }
     }
 
-    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+    pub fn io(what: impl Into<String>, cause: std::io::Error) -> Self {
         CtlError::Io {
             what: what.into(),
-            source,
+            cause,
         }
     }
 

@@ -173,7 +173,18 @@ enum ProjectCmd {
     Delete { id: String },
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match real_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The error says what failed and what to do; a backtrace would only bury it.
+            eprintln!("ibdctl: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> Result<()> {
     let cli = Cli::parse();
     let serving = matches!(cli.command, Cmd::Serve { .. });
     tracing_subscriber::fmt()
@@ -253,12 +264,12 @@ async fn run(cli: Cli) -> Result<()> {
             let status = control.compute_status(&name).await?;
             if !Path::new(&status.socket).exists() || status.mariadbd_pid.is_none() {
                 bail!(
-                    "compute {name} is not running ({}): start it with `{} compute start {name}`",
+                    "compute {name} is not running ({}): start it with `{}`",
                     status.state.as_str(),
-                    hint.command
+                    hint.cmd(&format!("compute start {name}"))
                 );
             }
-            let err = std::process::Command::new("mariadb")
+            let err = std::process::Command::new(ibdctl::prereq::tool("mariadb")?)
                 .arg(format!("--socket={}", status.socket))
                 .arg("-uroot")
                 .args(args)
@@ -415,9 +426,11 @@ async fn shutdown_signal() {
 }
 
 /// How to call ibdctl again in the lines printed for the operator: `IBDCTL_COMMAND` (set by
-/// scripts/up.sh), else the program as invoked, with `--home` when it is not the default.
+/// scripts/up.sh), else the program as invoked; `--home` (after the command, where both accept
+/// it) when it is not the default.
 struct Hint {
-    command: String,
+    program: String,
+    home: Option<String>,
 }
 
 impl Hint {
@@ -427,18 +440,21 @@ impl Hint {
             .or_else(|| std::env::args().next())
             .unwrap_or_else(|| "ibdctl".into());
         let default = Home::new(Path::new(DEFAULT_HOME))?;
-        let command = if home.root() == default.root() {
-            program
-        } else {
-            format!("{program} --home {}", home.root().display())
-        };
-        Ok(Self { command })
+        let home = (home.root() != default.root()).then(|| home.root().display().to_string());
+        Ok(Self { program, home })
+    }
+
+    /// The command line of `ibdctl <command>`.
+    fn cmd(&self, command: &str) -> String {
+        match &self.home {
+            Some(home) => format!("{} {command} --home {home}", self.program),
+            None => format!("{} {command}", self.program),
+        }
     }
 }
 
 fn print_up(report: &control::UpReport, hint: &Hint) {
     let c = &report.compute;
-    let cmd = &hint.command;
     println!();
     println!(
         "MariaDB is up on a fuse-ibd datadir (project {}, timeline {}).",
@@ -446,7 +462,7 @@ fn print_up(report: &control::UpReport, hint: &Hint) {
     );
     println!("  connect:        {}", c.connect);
     println!("                  {}", c.connect_tcp);
-    println!("                  {cmd} sql");
+    println!("                  {}", hint.cmd("sql"));
     println!(
         "  storage:        pageserver-lite {}, walsync {}",
         report.pageserver_url, report.walsync_url
@@ -455,18 +471,25 @@ fn print_up(report: &control::UpReport, hint: &Hint) {
         println!("  control plane:  {url}/api/v1/projects (API: ibdctl/docs/api.md)");
     }
     println!("  metrics:        {} (fuse-ibd)", c.metrics_url);
-    println!("  status:         {cmd} status");
-    println!("  logs:           {cmd} logs mariadbd|fuse-ibd|pageserver-lite|walsync|control-plane");
-    println!("  crash + stateless restart: {cmd} compute stop --kill && {cmd} compute start --fresh");
-    println!("  stop:           {cmd} down");
+    println!("  status:         {}", hint.cmd("status"));
+    println!(
+        "  logs:           {}",
+        hint.cmd("logs mariadbd|fuse-ibd|pageserver-lite|walsync|control-plane")
+    );
+    println!(
+        "  crash it, then restart it stateless (local disk wiped):\n                  {} && {}",
+        hint.cmd("compute stop --kill"),
+        hint.cmd("compute start --fresh")
+    );
+    println!("  stop:           {}", hint.cmd("down"));
 }
 
 fn print_status(status: &StackStatus) {
     println!("home: {}", status.home);
-    println!("{:<26} {:<12} {:<22} WHERE", "COMPONENT", "STATE", "PID");
+    println!("{:<26} {:<24} {:<16} WHERE", "COMPONENT", "STATE", "PID");
     for s in std::iter::once(&status.control_plane).chain(&status.services) {
         println!(
-            "{:<26} {:<12} {:<22} {}",
+            "{:<26} {:<24} {:<16} {}",
             s.name,
             s.state.as_str(),
             s.pid.map_or("-".into(), |p| p.to_string()),
@@ -491,7 +514,7 @@ fn print_computes(computes: &[ComputeStatus]) {
             (state, _) => state.as_str().to_string(),
         };
         println!(
-            "{:<26} {:<12} {:<22} {}",
+            "{:<26} {:<24} {:<16} {}",
             format!("compute {} ({})", c.name, c.project),
             state,
             pids,

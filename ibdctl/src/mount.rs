@@ -36,18 +36,12 @@ fn escape(path: &str) -> String {
 /// Detaches the mount at `path` lazily (`fusermount3 -u -z`): the only way out of a mount whose
 /// daemon died.
 pub fn lazy_unmount(path: &Path) -> Result<()> {
-    let out = Command::new("fusermount3")
+    let out = Command::new(crate::prereq::tool("fusermount3")?)
         .arg("-u")
         .arg("-z")
         .arg(path)
         .output()
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                CtlError::Missing("fusermount3 not found: apt-get install fuse3".into())
-            } else {
-                CtlError::io("cannot run fusermount3", e)
-            }
-        })?;
+        .map_err(|e| CtlError::io("cannot run fusermount3", e))?;
     if !out.status.success() && is_mounted(path) {
         return Err(CtlError::Failed(format!(
             "cannot unmount {}: {}",

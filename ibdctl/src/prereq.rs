@@ -27,6 +27,15 @@ pub fn find_tool(name: &str) -> Option<PathBuf> {
     found
 }
 
+/// The path of tool `name`, or what to install to get it. Commands run by this path, so a tool
+/// found in an sbin directory missing from `PATH` runs too.
+pub fn tool(name: &str) -> Result<PathBuf> {
+    find_tool(name).ok_or_else(|| {
+        let package = TOOLS.iter().find(|(t, _)| *t == name).map_or(name, |(_, p)| *p);
+        CtlError::Missing(format!("{name} not found: apt-get install {package}"))
+    })
+}
+
 /// The missing tools as `(tool, package)`.
 pub fn missing_tools() -> Vec<(&'static str, &'static str)> {
     TOOLS
@@ -163,5 +172,24 @@ mod tests {
     fn tools_are_found_in_sbin_too() {
         assert!(find_tool("sh").is_some());
         assert!(find_tool("no-such-tool-here").is_none());
+        assert_eq!(tool("sh").unwrap(), find_tool("sh").unwrap());
+    }
+
+    #[test]
+    fn a_missing_tool_names_its_package() {
+        // Every tool of the table maps to its package; an unknown one to itself.
+        for (name, package) in TOOLS {
+            if find_tool(name).is_none() {
+                assert!(tool(name)
+                    .unwrap_err()
+                    .to_string()
+                    .ends_with(&format!("apt-get install {package}")));
+            }
+        }
+        let err = tool("no-such-tool-here").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "no-such-tool-here not found: apt-get install no-such-tool-here"
+        );
     }
 }

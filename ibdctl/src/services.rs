@@ -51,11 +51,17 @@ impl Control {
                         "{name} runs (pid {pid}) but its address is unknown: stop it (kill {pid}) and run up again"
                     ))
                 })?;
-            healthz(&url).await.map_err(|e| {
-                CtlError::Failed(format!(
-                    "{name} runs (pid {pid}) but does not answer at {url} ({e}): see `ibdctl logs {name}`, or stop it (kill {pid}) and run up again"
-                ))
-            })?;
+            // It may be starting (a pageserver loads its index first): give it a moment.
+            let mut ticker = self.out.ticker(Duration::from_secs(5));
+            while let Err(e) = healthz(&url).await {
+                if ticker.elapsed() > SERVICE_START || running(&pid_file, name).is_none() {
+                    return Err(CtlError::Failed(format!(
+                        "{name} runs (pid {pid}) but does not answer at {url} ({e}): see `ibdctl logs {name}`, or stop it (kill {pid}) and run up again"
+                    )));
+                }
+                ticker.tick(|s| format!("waiting for {name} (pid {pid}) to answer ({s} s)"));
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
             self.out.say(format!("{name} already runs (pid {pid}, {url})"));
             state.services.insert(
                 name.into(),
