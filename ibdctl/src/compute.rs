@@ -487,37 +487,17 @@ impl Control {
             ])
             .arg("--metrics")
             .arg(format!("127.0.0.1:{metrics_port}"));
-        let mut child = process::spawn_detached(&mut cmd, &paths.fuse_log)?;
-        let pid = child.id();
-        process::write_pid(&paths.fuse_pid, pid)?;
-        let mut ticker = self.out.ticker(Duration::from_secs(5));
-        while !is_mounted(&paths.datadir) {
-            if let Ok(Some(status)) = child.try_wait() {
-                process::remove_file(&paths.fuse_pid);
-                return Err(CtlError::Failed(format!(
-                    "fuse-ibd exited at start ({status}); its log ({}) ends with:\n{}",
-                    paths.fuse_log.display(),
-                    process::tail(&paths.fuse_log, 15)
-                )));
-            }
-            if ticker.elapsed() > MOUNT_TIMEOUT {
-                process::terminate(pid, FUSE_IBD, libc::SIGTERM, Duration::from_secs(10)).await;
-                return Err(CtlError::Failed(format!(
-                    "fuse-ibd did not mount {} within {MOUNT_TIMEOUT:?}; see {}",
-                    paths.datadir.display(),
-                    paths.fuse_log.display()
-                )));
-            }
-            ticker.tick(|s| {
-                format!(
-                    "waiting for the mount ({s} s): {}",
-                    process::tail(&paths.fuse_log, 1)
-                )
-            });
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        self.reaper.adopt(child);
-        Ok(pid)
+        let datadir = &paths.datadir;
+        self.start_detached(
+            "fuse-ibd",
+            FUSE_IBD,
+            &mut cmd,
+            &paths.fuse_log,
+            Some(&paths.fuse_pid),
+            MOUNT_TIMEOUT,
+            move || std::future::ready(is_mounted(datadir)),
+        )
+        .await
     }
 
     /// A compute's port (`which` of TCP or metrics), moved with a message if another process
@@ -617,38 +597,18 @@ impl Control {
         ));
         let mut cmd = Command::new(server);
         cmd.arg(format!("--defaults-file={}", paths.my_cnf.display()));
-        let mut child = process::spawn_detached(&mut cmd, &paths.mariadbd_log)?;
-        let pid = child.id();
-        process::write_pid(&paths.mariadbd_pid, pid)?;
-        let mut ticker = self.out.ticker(Duration::from_secs(5));
-        loop {
-            if answers(&paths.socket).await {
-                break;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(CtlError::Failed(format!(
-                    "mariadbd exited at start ({status}); its error log ({}) ends with:\n{}",
-                    paths.mariadbd_log.display(),
-                    process::tail(&paths.mariadbd_log, 20)
-                )));
-            }
-            if ticker.elapsed() > SERVER_START_TIMEOUT {
-                process::terminate(pid, &comm, libc::SIGKILL, Duration::ZERO).await;
-                return Err(CtlError::Failed(format!(
-                    "mariadbd did not answer within {SERVER_START_TIMEOUT:?} (killed it); its error log ({}) ends with:\n{}",
-                    paths.mariadbd_log.display(),
-                    process::tail(&paths.mariadbd_log, 20)
-                )));
-            }
-            ticker.tick(|s| {
-                format!(
-                    "waiting for MariaDB to answer ({s} s): {}",
-                    process::tail(&paths.mariadbd_log, 1)
-                )
-            });
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        self.reaper.adopt(child);
+        let socket = &paths.socket;
+        let pid = self
+            .start_detached(
+                "mariadbd",
+                &comm,
+                &mut cmd,
+                &paths.mariadbd_log,
+                Some(&paths.mariadbd_pid),
+                SERVER_START_TIMEOUT,
+                move || answers(socket),
+            )
+            .await?;
         self.out
             .say(format!("compute {name}: MariaDB answers (mariadbd pid {pid})"));
         Ok(())

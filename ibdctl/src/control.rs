@@ -401,6 +401,59 @@ impl Control {
     }
 }
 
+impl Control {
+    /// Starts `cmd` detached (output appended to `log`, its pid written to `pid_file`) and waits
+    /// until `ready` holds, with a progress line every few seconds showing the log's last line.
+    /// If it exits first or is not ready within `timeout`, it is stopped, its pid file removed,
+    /// and the error ends with its log.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn start_detached<F, Fut>(
+        &self,
+        what: &str,
+        comm: &str,
+        cmd: &mut std::process::Command,
+        log: &std::path::Path,
+        pid_file: Option<&std::path::Path>,
+        timeout: Duration,
+        mut ready: F,
+    ) -> Result<u32>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let mut child = process::spawn_detached(cmd, log)?;
+        let pid = child.id();
+        if let Some(pid_file) = pid_file {
+            process::write_pid(pid_file, pid)?;
+        }
+        let mut ticker = self.out.ticker(Duration::from_secs(5));
+        let failure = loop {
+            if ready().await {
+                self.reaper.adopt(child);
+                return Ok(pid);
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                break format!("{what} exited at start ({status})");
+            }
+            if ticker.elapsed() > timeout {
+                process::terminate(pid, comm, libc::SIGTERM, Duration::from_secs(10)).await;
+                break format!("{what} (pid {pid}) was not ready within {timeout:?} (stopped it)");
+            }
+            ticker.tick(|s| format!("waiting for {what} ({s} s): {}", process::tail(log, 1)));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        self.reaper.adopt(child);
+        if let Some(pid_file) = pid_file {
+            process::remove_file(pid_file);
+        }
+        Err(CtlError::Failed(format!(
+            "{failure}; its log ({}) ends with:\n{}",
+            log.display(),
+            process::tail(log, 20)
+        )))
+    }
+}
+
 /// `http://<addr>` from an address file a service wrote.
 pub(crate) fn read_addr(path: &std::path::Path) -> Option<String> {
     let addr = std::fs::read_to_string(path).ok()?;

@@ -93,34 +93,17 @@ impl Control {
             .arg(&data)
             .arg("--addr-file")
             .arg(&addr_file);
-        let log = self.home.service_log(name);
-        let mut child = process::spawn_detached(&mut cmd, &log)?;
-        process::write_pid(&pid_file, child.id())?;
         let url = format!("http://127.0.0.1:{port}");
-        let mut ticker = self.out.ticker(Duration::from_secs(5));
-        loop {
-            if healthz(&url).await.is_ok() {
-                break;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                process::remove_file(&pid_file);
-                return Err(CtlError::Failed(format!(
-                    "{name} exited at start ({status}); its log ({}) ends with:\n{}",
-                    log.display(),
-                    process::tail(&log, 15)
-                )));
-            }
-            if ticker.elapsed() > SERVICE_START {
-                return Err(CtlError::Failed(format!(
-                    "{name} (pid {}) did not answer at {url} within {SERVICE_START:?}: see {}",
-                    child.id(),
-                    log.display()
-                )));
-            }
-            ticker.tick(|s| format!("waiting for {name} to answer ({s} s)"));
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        self.reaper.adopt(child);
+        self.start_detached(
+            name,
+            name,
+            &mut cmd,
+            &self.home.service_log(name),
+            Some(&pid_file),
+            SERVICE_START,
+            || async { healthz(&url).await.is_ok() },
+        )
+        .await?;
         state.services.insert(
             name.into(),
             ServiceRecord {
@@ -226,32 +209,25 @@ impl Control {
             .arg("serve")
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"));
-        let log = self.home.control_log();
-        let mut child = process::spawn_detached(&mut cmd, &log)?;
-        let mut ticker = self.out.ticker(Duration::from_secs(5));
-        loop {
-            if let Some(url) = read_addr(&addr_file) {
-                if healthz(&url).await.is_ok() {
-                    self.reaper.adopt(child);
-                    return Ok(url);
+        // It writes its own pid file (it may also be started by hand) and its address file.
+        let addr_file = &addr_file;
+        self.start_detached(
+            "the control plane",
+            IBDCTL,
+            &mut cmd,
+            &self.home.control_log(),
+            None,
+            SERVICE_START,
+            move || async move {
+                match read_addr(addr_file) {
+                    Some(url) => healthz(&url).await.is_ok(),
+                    None => false,
                 }
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(CtlError::Failed(format!(
-                    "the control plane exited at start ({status}); its log ({}) ends with:\n{}",
-                    log.display(),
-                    process::tail(&log, 15)
-                )));
-            }
-            if ticker.elapsed() > SERVICE_START {
-                return Err(CtlError::Failed(format!(
-                    "the control plane did not answer within {SERVICE_START:?}: see {}",
-                    log.display()
-                )));
-            }
-            ticker.tick(|s| format!("waiting for the control plane to answer ({s} s)"));
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            },
+        )
+        .await?;
+        read_addr(addr_file)
+            .ok_or_else(|| CtlError::Failed("the control plane's address file vanished".into()))
     }
 
     /// Stops this home's control plane if it runs.
