@@ -103,16 +103,29 @@ impl ApiService {
         }
     }
 
-    /// The compute `name` if it belongs to `project` (404 otherwise).
-    fn check_owner(&self, project: &str, name: &str) -> Result<()> {
-        let state = self.control.state()?;
-        state.project(project)?;
-        if state.compute(name)?.project != project {
-            return Err(CtlError::NotFound(format!(
-                "compute {name:?} does not belong to project {project:?}"
-            )));
-        }
-        Ok(())
+    /// Runs `op` on compute `name` if it belongs to `project` (404 otherwise) and answers its
+    /// result. (`op` is a future: nothing of it runs unless the check passes.)
+    async fn on_compute<T: serde::Serialize>(
+        &self,
+        project: &str,
+        name: &str,
+        op: impl Future<Output = Result<T>>,
+    ) -> HttpResponse {
+        let owned = self.control.state().and_then(|state| {
+            state.project(project)?;
+            if state.compute(name)?.project == project {
+                Ok(())
+            } else {
+                Err(CtlError::NotFound(format!(
+                    "compute {name:?} does not belong to project {project:?}"
+                )))
+            }
+        });
+        let result = match owned {
+            Ok(()) => op.await,
+            Err(e) => Err(e),
+        };
+        Self::answer(StatusCode::OK, result)
     }
 }
 
@@ -181,38 +194,22 @@ impl Service for ApiService {
                 Ok(body) => Self::answer(StatusCode::CREATED, control.create_compute(p, &body).await),
                 Err(resp) => resp,
             },
-            Route::GetCompute(p, c) => {
-                let result = match self.check_owner(p, c) {
-                    Ok(()) => control.compute_status(c).await,
-                    Err(e) => Err(e),
-                };
-                Self::answer(StatusCode::OK, result)
-            }
+            Route::GetCompute(p, c) => self.on_compute(p, c, control.compute_status(c)).await,
             Route::DeleteCompute(p, c) => {
-                let result = match self.check_owner(p, c) {
-                    Ok(()) => control.delete_compute(c).await,
-                    Err(e) => Err(e),
+                let deleted = async {
+                    control
+                        .delete_compute(c)
+                        .await
+                        .map(|()| serde_json::json!({"deleted": c}))
                 };
-                Self::answer(StatusCode::OK, result.map(|()| serde_json::json!({"deleted": c})))
+                self.on_compute(p, c, deleted).await
             }
             Route::StartCompute(p, c) => match body_or_default::<StartCompute>(req).await {
-                Ok(body) => {
-                    let result = match self.check_owner(p, c) {
-                        Ok(()) => control.start_compute(c, body.fresh).await,
-                        Err(e) => Err(e),
-                    };
-                    Self::answer(StatusCode::OK, result)
-                }
+                Ok(body) => self.on_compute(p, c, control.start_compute(c, body.fresh)).await,
                 Err(resp) => resp,
             },
             Route::StopCompute(p, c) => match body_or_default::<StopCompute>(req).await {
-                Ok(body) => {
-                    let result = match self.check_owner(p, c) {
-                        Ok(()) => control.stop_compute(c, body.kill).await,
-                        Err(e) => Err(e),
-                    };
-                    Self::answer(StatusCode::OK, result)
-                }
+                Ok(body) => self.on_compute(p, c, control.stop_compute(c, body.kill)).await,
                 Err(resp) => resp,
             },
             Route::MethodNotAllowed => error_response(
