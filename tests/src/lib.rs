@@ -134,6 +134,25 @@ pub fn copy_dir(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Runs SQL as root through the `mariadb` client on the server at `socket` (default database
+/// `mysql`); returns its tab-separated output without headers.
+pub fn sql_on_socket(socket: &Path, statements: &str) -> Result<String> {
+    let out = Command::new("mariadb")
+        .arg(format!("--socket={}", socket.display()))
+        .args(["-uroot", "-N", "-B", "--database=mysql", "-e", statements])
+        .stdin(Stdio::null())
+        .output()
+        .context("running the mariadb client")?;
+    if !out.status.success() {
+        bail!(
+            "SQL failed: {}\n{}",
+            statements,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
+}
+
 /// A running `mariadbd`, killed with SIGKILL on drop unless shut down first.
 pub struct MariaDb {
     child: Option<Child>,
@@ -208,20 +227,7 @@ impl MariaDb {
 
     /// Runs SQL through the `mariadb` client; returns its tab-separated output without headers.
     pub fn sql(&self, statements: &str) -> Result<String> {
-        let out = Command::new("mariadb")
-            .arg(format!("--socket={}", self.socket.display()))
-            .args(["-uroot", "-N", "-B", "--database=mysql", "-e", statements])
-            .stdin(Stdio::null())
-            .output()
-            .context("running the mariadb client")?;
-        if !out.status.success() {
-            bail!(
-                "SQL failed: {}\n{}",
-                statements,
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).trim_end().to_string())
+        sql_on_socket(&self.socket, statements)
     }
 
     /// A single value (first column of the first row).
@@ -998,4 +1004,129 @@ pub fn sysbench_stat(output: &str, label: &str) -> Option<u64> {
             .parse()
             .ok()
     })
+}
+
+/// `n` distinct loopback ports that were free a moment ago (held together while chosen, so they
+/// differ).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free loopback port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("bound").port())
+        .collect()
+}
+
+/// Processes (other than this one) whose command line names `path`: what a test started under
+/// a private directory and might leave behind.
+pub fn processes_mentioning(path: &Path) -> Vec<(u32, String)> {
+    let needle = path.to_string_lossy().into_owned();
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter_map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            cmdline.contains(&needle).then_some((pid, cmdline))
+        })
+        .collect()
+}
+
+/// Mount points at or under `path` (`/proc/self/mountinfo`).
+pub fn mounts_under(path: &Path) -> Vec<String> {
+    let prefix = path.to_string_lossy().replace(' ', "\\040");
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| *m == prefix || m.starts_with(&format!("{prefix}/")))
+        .map(str::to_string)
+        .collect()
+}
+
+/// What an `ibdctl` command printed.
+#[derive(Debug)]
+pub struct Output {
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// `ibdctl` on a private home. On drop: `ibdctl down`, then SIGKILL of any process still naming
+/// the home and a lazy unmount of whatever is mounted under it, so nothing outlives a failed test.
+pub struct Ibdctl {
+    pub home: PathBuf,
+    bin: PathBuf,
+}
+
+impl Ibdctl {
+    pub fn new(home: &Path) -> Self {
+        Self {
+            home: home.to_path_buf(),
+            bin: workspace_binary("ibdctl"),
+        }
+    }
+
+    /// `ibdctl --home <home> <args>`, not started yet.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--home").arg(&self.home).args(args);
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `ibdctl <args>` to the end; fails with its output if it fails.
+    pub fn run(&self, args: &[&str]) -> Result<Output> {
+        let out = self
+            .command(args)
+            .output()
+            .with_context(|| format!("running ibdctl {}", args.join(" ")))?;
+        let output = Output {
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        if !out.status.success() {
+            bail!(
+                "ibdctl {} failed ({}):\n{}\n{}",
+                args.join(" "),
+                out.status,
+                output.stderr,
+                output.stdout
+            );
+        }
+        Ok(output)
+    }
+
+    /// `ibdctl status --json`.
+    pub fn status(&self) -> Result<String> {
+        Ok(self.run(&["status", "--json"])?.stdout)
+    }
+
+    fn clean_up(&self) {
+        if self.home.join("state.json").exists() {
+            if let Err(e) = self.run(&["down"]) {
+                eprintln!("cleanup: {e}");
+            }
+        }
+        for (pid, cmdline) in processes_mentioning(&self.home) {
+            eprintln!("cleanup: killing leftover pid {pid}: {cmdline}");
+            // SAFETY: signalling a process this test started (its command line names our home).
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        for mount in mounts_under(&self.home) {
+            eprintln!("cleanup: detaching leftover mount {mount}");
+            let _ = Command::new("fusermount3").args(["-u", "-z", &mount]).status();
+        }
+    }
+}
+
+impl Drop for Ibdctl {
+    fn drop(&mut self) {
+        self.clean_up();
+    }
 }
