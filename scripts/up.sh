@@ -45,5 +45,5 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 echo "up: building ibdctl, pageserver-lite, walsync and fuse-ibd (release; the first build takes a few minutes)" >&2
-cargo build --release --locked -p ibdctl -p pageserver-lite -p walsync -p fuse-ibd
+cargo build --release --locked -p ibdctl -p pageserver-lite -p walsync -p fuse-ibd -p innodb-page-server-plugin
 exec "$IBDCTL" up "$@"

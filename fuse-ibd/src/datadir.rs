@@ -575,7 +575,12 @@ impl Datadir {
                 let mut buf = vec![0u8; BLOCK as usize];
                 let filled = read_full_at(file, &mut buf, block * BLOCK)
                     .map_err(FsError::io("read block for upload"))?;
-                buf.truncate(filled);
+                // The pageserver stores page files in whole pages: a page file's short last block
+                // (a write split by the kernel, ending mid-page at the end of the file) goes with
+                // its zero tail; the file's size is sent apart. Generic files keep their length.
+                if kind != FileKind::Page {
+                    buf.truncate(filled);
+                }
                 bytes::Bytes::from(buf)
             }
         };

@@ -15,9 +15,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ibd_api::pageserver::{
-    error_code,
-    CreateFileRequest, CreateTimelineRequest, FileInfo, FileKind as WireKind, PageAddr, PageUpload,
-    PageserverClient, ReadAt, ReadPagesRequest, RecordMarkerRequest, UpdateFileRequest,
+    error_code, CreateFileRequest, CreateTimelineRequest, FileInfo, FileKind as WireKind, PageAddr,
+    PageUpload, PageserverClient, ReadAt, ReadPagesRequest, RecordMarkerRequest, UpdateFileRequest,
 };
 use ibd_api::{ClientError, RetryPolicy};
 use ibd_format::redo::{Checkpoint, Lsn};
@@ -257,7 +256,10 @@ impl PageShipper {
             size,
             space_id: None,
         };
-        let info = match self.runtime.block_on(self.client.create_file(&self.timeline, &req)) {
+        let info = match self
+            .runtime
+            .block_on(self.client.create_file(&self.timeline, &req))
+        {
             Ok(info) => info,
             // A retry after a lost answer finds the file the first attempt created.
             Err(e) if e.code() == Some(error_code::PATH_EXISTS) => self

@@ -553,7 +553,8 @@ impl Control {
         }
         let port = self.free_compute_port(state, name, |c| c.port, "MariaDB")?;
         state.compute_mut(name)?.port = port;
-        let cnf = MyCnf {
+        let plugin_dir = self.plugin_dir(&paths)?;
+        let mut cnf = MyCnf {
             datadir: &paths.datadir,
             socket: &paths.socket,
             port,
@@ -561,6 +562,8 @@ impl Control {
             log_error: &paths.mariadbd_log,
             tmpdir: &paths.tmp,
             user: prereq::is_root().then_some("root"),
+            // mariadb-install-db bootstraps without it; the server proper loads it.
+            plugin_dir: None,
             extra: &compute.config.extra_config,
         };
         store::write_atomically(&paths.my_cnf, cnf.render().as_bytes())?;
@@ -585,6 +588,10 @@ impl Control {
             state.projects.get_mut(&project_id).expect("checked").initialized = true;
             self.save(state)?;
             fresh_node = false;
+        }
+        if plugin_dir.is_some() {
+            cnf.plugin_dir = plugin_dir.as_deref();
+            store::write_atomically(&paths.my_cnf, cnf.render().as_bytes())?;
         }
 
         self.out.say(format!(
@@ -612,6 +619,22 @@ impl Control {
         self.out
             .say(format!("compute {name}: MariaDB answers (mariadbd pid {pid})"));
         Ok(())
+    }
+
+    /// The compute's plugin dir with the `innodb_page_server` plugin built next to ibdctl, or
+    /// `None` (said once) when it was not built.
+    fn plugin_dir(&self, paths: &ComputePaths) -> Result<Option<std::path::PathBuf>> {
+        let library = self.bins.path("libinnodb_page_server.so");
+        if !library.is_file() {
+            self.out.say(format!(
+                "{} not built (cargo build --release -p innodb-page-server-plugin): mariadbd runs without the innodb_page_server plugin",
+                library.display()
+            ));
+            return Ok(None);
+        }
+        let dir = paths.root.join("plugins");
+        crate::mycnf::prepare_plugin_dir(&dir, &library)?;
+        Ok(Some(dir))
     }
 
     /// `mariadb-install-db` into the mount: the database of a new timeline.

@@ -17,6 +17,9 @@ pub struct MyCnf<'a> {
     pub tmpdir: &'a Path,
     /// `user=` (a server started as root must be told to stay root).
     pub user: Option<&'a str>,
+    /// A plugin dir holding `innodb_page_server.so` (see [`prepare_plugin_dir`]): the plugin is
+    /// loaded and required, so the server refuses to run on anything but its fuse-ibd mount.
+    pub plugin_dir: Option<&'a Path>,
     pub extra: &'a [String],
 }
 
@@ -42,6 +45,12 @@ impl MyCnf<'_> {
         line("innodb_doublewrite", &0);
         line("innodb_flush_neighbors", &0);
         line("innodb_buffer_pool_size", &"256M");
+        if let Some(dir) = self.plugin_dir {
+            line("plugin_dir", &dir.display());
+            line("plugin_load_add", &PLUGIN_FILE);
+            line("innodb_page_server", &"FORCE");
+            line("innodb_page_server_enabled", &"ON");
+        }
         if !self.extra.is_empty() {
             out.push_str("# extra config of this compute\n");
             for extra in self.extra {
@@ -51,6 +60,42 @@ impl MyCnf<'_> {
         }
         out
     }
+}
+
+/// The `innodb_page_server` plugin as the server loads it.
+pub const PLUGIN_FILE: &str = "innodb_page_server.so";
+
+/// Fills `dir` with links to every plugin of the installed server plus `library` as
+/// [`PLUGIN_FILE`], so the compute loads our build without touching the system's plugin dir and
+/// without hiding the system's plugins.
+pub fn prepare_plugin_dir(dir: &Path, library: &Path) -> Result<()> {
+    let io = |what: &str| {
+        let what = format!("{what} {}", dir.display());
+        move |e| CtlError::io(&what, e)
+    };
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(io("cannot clear"))?;
+    }
+    std::fs::create_dir_all(dir).map_err(io("cannot create"))?;
+    let out = std::process::Command::new("mariadbd")
+        .args(["--no-defaults", "--verbose", "--help"])
+        .output()
+        .map_err(|e| CtlError::io("cannot run mariadbd --verbose --help", e))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let system = text
+        .lines()
+        .find_map(|l| l.strip_prefix("plugin-dir").map(str::trim))
+        .filter(|d| !d.is_empty())
+        .ok_or_else(|| CtlError::Failed("mariadbd --verbose --help shows no plugin-dir".into()))?;
+    for entry in std::fs::read_dir(system).map_err(|e| CtlError::io(format!("cannot read {system}"), e))? {
+        let entry = entry.map_err(|e| CtlError::io(format!("cannot read {system}"), e))?;
+        if entry.file_name() != PLUGIN_FILE {
+            std::os::unix::fs::symlink(entry.path(), dir.join(entry.file_name()))
+                .map_err(io("cannot link into"))?;
+        }
+    }
+    std::os::unix::fs::symlink(library, dir.join(PLUGIN_FILE)).map_err(io("cannot link into"))?;
+    Ok(())
 }
 
 /// Extra `[mariadbd]` lines: one option each (`name` or `name=value`), no section headers, no
@@ -94,6 +139,7 @@ mod tests {
             port: 3307,
             pid_file: Path::new("/h/computes/main/run/mariadbd.pid"),
             log_error: Path::new("/h/computes/main/logs/mariadbd.err"),
+            plugin_dir: Some(Path::new("/h/computes/main/plugins")),
             tmpdir: Path::new("/h/computes/main/tmp"),
             user: Some("root"),
             extra,
@@ -115,6 +161,10 @@ mod tests {
             "user=root",
             "innodb_doublewrite=0",
             "innodb_flush_neighbors=0",
+            "plugin_dir=/h/computes/main/plugins",
+            "plugin_load_add=innodb_page_server.so",
+            "innodb_page_server=FORCE",
+            "innodb_page_server_enabled=ON",
         ] {
             assert!(lines.contains(&want), "{want} missing from\n{cnf}");
         }

@@ -117,6 +117,10 @@ fn ibdctl_up_crash_fresh_start_down() {
         assert!(mycnf.lines().any(|l| l == want), "{want} not in\n{mycnf}");
     }
 
+    // The innodb_page_server plugin is loaded and describes the mount.
+    let vars = sql_on_socket(&socket, "SHOW VARIABLES LIKE 'innodb_page_server_enabled'").unwrap();
+    assert_eq!(vars.trim(), "innodb_page_server_enabled\tON", "{mycnf}");
+
     // Committed rows: a bulk load and a stream of small transactions.
     sql_on_socket(
         &socket,

@@ -153,7 +153,14 @@ fn a_rename_over_a_shipped_file_replaces_it_on_the_pageserver() {
 
     std::fs::rename(mnt.join("b.ibd"), mnt.join("a.ibd")).unwrap();
     let live: Vec<(String, u64)> = files().into_iter().map(|f| (f.path, f.id)).collect();
-    assert_eq!(live, vec![("a.ibd".to_string(), b_id)], "b.ibd took a.ibd's place");
-    assert_eq!(remote::assert_pageserver_matches(&pageserver.url, TIMELINE, &mnt).unwrap(), 1);
+    assert_eq!(
+        live,
+        vec![("a.ibd".to_string(), b_id)],
+        "b.ibd took a.ibd's place"
+    );
+    assert_eq!(
+        remote::assert_pageserver_matches(&pageserver.url, TIMELINE, &mnt).unwrap(),
+        1
+    );
     fuse.unmount().unwrap();
 }
