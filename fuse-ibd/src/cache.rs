@@ -109,6 +109,21 @@ struct CacheState {
     streams: HashMap<u64, (u64, u64)>,
 }
 
+impl CacheState {
+    /// Forgets the resident blocks `gone(file, block)` picks (they no longer exist).
+    fn drop_resident(&mut self, gone: impl Fn(u64, u64) -> bool) {
+        let keys: Vec<BlockId> = self
+            .resident
+            .iter()
+            .map(|(k, _)| *k)
+            .filter(|&(file, block)| gone(file, block))
+            .collect();
+        for key in keys {
+            self.resident.pop(&key);
+        }
+    }
+}
+
 /// What the cache holds and may drop. Locks: the caller holds the page lock of a block while it
 /// changes the block's residency, so a block is never fetched and evicted at the same time.
 pub struct PageCache {
@@ -244,9 +259,10 @@ impl PageCache {
     /// Blocks of file `id` below `blocks` that hold local data (not absent), found at start.
     pub fn load_resident(&self, id: u64, blocks: u64) {
         let mut state = self.state();
-        let absent = state.absent.get(&id).cloned().unwrap_or_default();
-        for block in (0..blocks).filter(|&b| !absent.contains(b)) {
-            state.resident.put((id, block), 0);
+        let CacheState { absent, resident, .. } = &mut *state;
+        let absent = absent.get(&id);
+        for block in (0..blocks).filter(|&b| absent.is_none_or(|a| !a.contains(b))) {
+            resident.put((id, block), 0);
         }
     }
 
@@ -266,15 +282,7 @@ impl PageCache {
         let mut state = self.state();
         state.absent.remove(&id);
         state.streams.remove(&id);
-        let gone: Vec<BlockId> = state
-            .resident
-            .iter()
-            .filter(|((file, _), _)| *file == id)
-            .map(|(k, _)| *k)
-            .collect();
-        gone.iter().for_each(|k| {
-            state.resident.pop(k);
-        });
+        state.drop_resident(|file, _| file == id);
     }
 
     /// File `id` was truncated to `blocks` blocks.
@@ -283,15 +291,7 @@ impl PageCache {
         if let Some(set) = state.absent.get_mut(&id) {
             set.truncate(blocks);
         }
-        let gone: Vec<BlockId> = state
-            .resident
-            .iter()
-            .filter(|((file, block), _)| *file == id && *block >= blocks)
-            .map(|(k, _)| *k)
-            .collect();
-        gone.iter().for_each(|k| {
-            state.resident.pop(k);
-        });
+        state.drop_resident(|file, block| file == id && block >= blocks);
     }
 
     /// Waits up to `timeout` for the cache to outgrow its budget; true if it has.

@@ -344,13 +344,7 @@ impl Datadir {
         let _ = fs::remove_file(self.clean_marker());
         let mut local = Vec::new();
         walk_files(&self.backing, &self.backing, &mut local).map_err(FsError::io("scan the cache"))?;
-        let shipped_kind = |p: &str| {
-            matches!(
-                FileKind::of(std::path::Path::new(p).file_name().unwrap_or_default()),
-                FileKind::Page | FileKind::Generic
-            )
-        };
-        local.retain(|(p, _)| shipped_kind(p));
+        local.retain(|(p, _)| FileKind::of(Path::new(p).file_name().unwrap_or_default()).is_shipped());
         let materializing = self.hydrating_marker().exists();
         if materializing || (local.is_empty() && !pages.all_files().is_empty()) {
             return self.materialize(pages, cache, materializing);
@@ -372,7 +366,7 @@ impl Datadir {
                 ),
             });
         }
-        let known: Vec<u64> = local
+        let known: std::collections::HashSet<u64> = local
             .iter()
             .filter_map(|(p, _)| pages.file(p))
             .map(|f| f.id)
@@ -529,14 +523,13 @@ impl Datadir {
         if planned.is_empty() {
             return Ok(false);
         }
-        let blocks_now = |file: &File| -> FsResult<u64> {
-            Ok(file
-                .metadata()
-                .map_err(FsError::io("fstat"))?
-                .len()
-                .div_ceil(BLOCK))
-        };
-        let end = end.min(blocks_now(file)?.saturating_sub(1)).max(last);
+        // Read-ahead stops at the end of the file.
+        let file_blocks = file
+            .metadata()
+            .map_err(FsError::io("fstat"))?
+            .len()
+            .div_ceil(BLOCK);
+        let end = end.min(file_blocks.saturating_sub(1)).max(last);
         let _pages = self
             .page_locks
             .write(ino, first * BLOCK, (end - first + 1) * BLOCK);
@@ -1094,7 +1087,7 @@ impl Datadir {
     /// The pageserver id of a shipped file at `path` (page and generic files only).
     fn remote_id(&self, path: &Path, kind: FileKind) -> Option<u64> {
         let pages = self.pages.as_ref()?;
-        if !matches!(kind, FileKind::Page | FileKind::Generic) {
+        if !kind.is_shipped() {
             return None;
         }
         pages.file(&self.relative(path)).map(|f| f.id)
@@ -1117,7 +1110,7 @@ impl Datadir {
         self.chown_new(&path, owner)?;
         let attr = self.lookup(parent, name)?;
         let remote = match &self.pages {
-            Some(pages) if matches!(kind, FileKind::Page | FileKind::Generic) => {
+            Some(pages) if kind.is_shipped() => {
                 let rel = self.relative(&path);
                 let id = match pages.file(&rel) {
                     Some(f) => f.id,
@@ -1180,7 +1173,7 @@ impl Datadir {
     /// Whether namespace changes (create, rename, unlink, truncate) of a file named `name` call
     /// the pageserver.
     pub fn ships(&self, name: &OsStr) -> bool {
-        self.pages.is_some() && matches!(FileKind::of(name), FileKind::Page | FileKind::Generic)
+        self.pages.is_some() && FileKind::of(name).is_shipped()
     }
 
     /// Whether an fsync (or, `on_close`, a flush) of `fh` waits for a storage service.

@@ -32,6 +32,11 @@ impl FileKind {
         }
     }
 
+    /// Whether files of this kind are shipped to the pageserver (and cached block by block).
+    pub fn is_shipped(self) -> bool {
+        matches!(self, FileKind::Page | FileKind::Generic)
+    }
+
     /// Label for metrics and the status file.
     pub fn as_str(self) -> &'static str {
         match self {

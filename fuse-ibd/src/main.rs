@@ -78,11 +78,17 @@ struct MountArgs {
     remote_timeout: Duration,
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
+/// `"512MiB"` -> `(512, "MiB")`; `example` shows the expected form in the error.
+fn number_and_unit<'a>(text: &'a str, example: &str) -> Result<(u64, &'a str), String> {
     let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let n: u64 = number
+    let n = number
         .parse()
-        .map_err(|_| format!("{text:?}: expected a number with a unit (60s, 500ms)"))?;
+        .map_err(|_| format!("{text:?}: expected a number with a unit ({example})"))?;
+    Ok((n, unit))
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let (n, unit) = number_and_unit(text, "60s, 500ms")?;
     match unit {
         "ms" => Ok(Duration::from_millis(n)),
         "s" | "" => Ok(Duration::from_secs(n)),
@@ -92,10 +98,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?}: expected a number with a unit (1GiB, 512MiB)"))?;
+    let (n, unit) = number_and_unit(text, "1GiB, 512MiB")?;
     let shift = match unit {
         "" | "B" => 0,
         "K" | "KiB" => 10,
