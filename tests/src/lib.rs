@@ -343,35 +343,12 @@ pub fn plugin_library() -> PathBuf {
     lib
 }
 
-/// The installed server's plugin directory (`plugin-dir` of `mariadbd --verbose --help`).
-pub fn system_plugin_dir() -> Result<PathBuf> {
-    let out = Command::new("mariadbd")
-        .args(["--no-defaults", "--verbose", "--help"])
-        .output()
-        .context("running mariadbd --verbose --help")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find_map(|l| l.strip_prefix("plugin-dir").map(str::trim))
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .context("mariadbd --verbose --help shows no plugin-dir")
-}
-
-/// A plugin directory for test servers (`--plugin-dir`): a link to every plugin of the installed
-/// server, so none is hidden, plus `innodb_page_server.so`, this workspace's build. Tests never
-/// write into the system's plugin directory: other checkouts' tests may run at the same time,
-/// each with its own build of the plugin.
+/// A plugin directory for test servers (`--plugin-dir`), made as ibdctl makes a compute's: a link
+/// to every plugin of the installed server, so none is hidden, plus `innodb_page_server.so`, this
+/// workspace's build. Tests never write into the system's plugin directory: other checkouts'
+/// tests may run at the same time, each with its own build of the plugin.
 pub fn plugin_dir(dir: &Path) -> Result<PathBuf> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let system = system_plugin_dir()?;
-    for entry in std::fs::read_dir(&system).with_context(|| format!("reading {}", system.display()))? {
-        let entry = entry?;
-        // An installed copy of the plugin would shadow the build under test.
-        if entry.file_name() != "innodb_page_server.so" {
-            std::os::unix::fs::symlink(entry.path(), dir.join(entry.file_name()))?;
-        }
-    }
-    std::os::unix::fs::symlink(plugin_library(), dir.join("innodb_page_server.so"))?;
+    ibdctl::mycnf::prepare_plugin_dir(dir, &plugin_library())?;
     Ok(dir.into())
 }
 
@@ -399,6 +376,29 @@ pub struct FuseIbd {
 impl FuseIbd {
     pub fn mount(mountpoint: &Path, cache_dir: &Path) -> Result<Self> {
         Self::mount_with(mountpoint, cache_dir, &[])
+    }
+
+    /// Mounts node `node` of a test (`<root>/<node>/datadir`, cache `<root>/<node>/cache`)
+    /// shipping pages and redo of `timeline` to the two services, with `extra` arguments.
+    pub fn mount_node(
+        root: &Path,
+        node: &str,
+        pageserver: &Service,
+        walsync: &Service,
+        timeline: &str,
+        extra: &[&str],
+    ) -> Result<Self> {
+        let mut args = vec![
+            "--pageserver",
+            &pageserver.url,
+            "--walsync",
+            &walsync.url,
+            "--timeline",
+            timeline,
+        ];
+        args.extend_from_slice(extra);
+        let dir = root.join(node);
+        Self::mount_with(&dir.join("datadir"), &dir.join("cache"), &args)
     }
 
     /// Mounts with extra `fuse-ibd mount` arguments (`--walsync`, `--timeline`, ...).

@@ -19,17 +19,15 @@ const SERVER_ARGS: &[&str] = &[
 ];
 
 fn mount(root: &std::path::Path, pageserver: &Service, walsync: &Service) -> FuseIbd {
-    let args = [
-        "--pageserver",
-        &pageserver.url,
-        "--walsync",
-        &walsync.url,
-        "--timeline",
+    FuseIbd::mount_node(
+        root,
+        "node",
+        pageserver,
+        walsync,
         "main",
-        "--cache-size",
-        "4MiB",
-    ];
-    FuseIbd::mount_with(&root.join("datadir"), &root.join("cache"), &args).unwrap()
+        &["--cache-size", "4MiB"],
+    )
+    .unwrap()
 }
 
 /// Waits for the evictor to bring the cache within budget (plus slack).
@@ -109,7 +107,7 @@ fn a_small_cache_evicts_durable_blocks_and_serves_every_page_back() {
 
     // A clean daemon restart keeps the partly evicted cache: holes are fetched, not trusted.
     fuse.unmount().unwrap();
-    assert!(root.path().join("cache/absent-blocks").exists());
+    assert!(root.path().join("node/cache/absent-blocks").exists());
     let fuse = mount(root.path(), &pageserver, &walsync);
     let db = MariaDb::start(&fuse.mountpoint, SERVER_ARGS).unwrap();
     assert_eq!(db.sql("CHECKSUM TABLE c.t").unwrap(), checksum);

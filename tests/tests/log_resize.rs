@@ -16,16 +16,7 @@ const LARGE: &[&str] = &["--innodb-flush-neighbors=0", "--innodb-log-file-size=3
 const MIB: u64 = 1 << 20;
 
 fn mount(root: &Path, node: &str, pageserver: &Service, walsync: &Service) -> FuseIbd {
-    let (mnt, cache) = (root.join(node).join("datadir"), root.join(node).join("cache"));
-    let args = [
-        "--pageserver",
-        &pageserver.url,
-        "--walsync",
-        &walsync.url,
-        "--timeline",
-        TIMELINE,
-    ];
-    FuseIbd::mount_with(&mnt, &cache, &args).unwrap()
+    FuseIbd::mount_node(root, node, pageserver, walsync, TIMELINE, &[]).unwrap()
 }
 
 fn geometry_history(walsync: &Service) -> Vec<GeometryRecord> {

@@ -146,21 +146,8 @@ fn variables_and_status_come_from_the_fuse_ibd_mount() {
     let plugins = plugin_dir(&root.path().join("plugins")).unwrap();
     let pageserver = Service::start("pageserver-lite", &root.path().join("pageserver")).unwrap();
     let walsync = Service::start("walsync", &root.path().join("walsync")).unwrap();
-    let mount = |node: &str| {
-        let args = [
-            "--pageserver",
-            &pageserver.url,
-            "--walsync",
-            &walsync.url,
-            "--timeline",
-            TIMELINE,
-        ];
-        let (mnt, cache) = (
-            root.path().join(node).join("datadir"),
-            root.path().join(node).join("cache"),
-        );
-        FuseIbd::mount_with(&mnt, &cache, &args).unwrap()
-    };
+    let mount =
+        |node: &str| FuseIbd::mount_node(root.path(), node, &pageserver, &walsync, TIMELINE, &[]).unwrap();
     let port: u16 = pageserver.url.rsplit_once(':').unwrap().1.parse().unwrap();
 
     let fuse = mount("a");

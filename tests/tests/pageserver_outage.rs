@@ -24,16 +24,7 @@ const SYSBENCH_ARGS: &[&str] = &[
 ];
 
 fn mount(root: &Path, node: &str, pageserver: &Service, walsync: &Service) -> FuseIbd {
-    let (mnt, cache) = (root.join(node).join("datadir"), root.join(node).join("cache"));
-    let args = [
-        "--pageserver",
-        &pageserver.url,
-        "--walsync",
-        &walsync.url,
-        "--timeline",
-        TIMELINE,
-    ];
-    FuseIbd::mount_with(&mnt, &cache, &args).unwrap()
+    FuseIbd::mount_node(root, node, pageserver, walsync, TIMELINE, &[]).unwrap()
 }
 
 fn checksums(db: &MariaDb) -> Vec<String> {

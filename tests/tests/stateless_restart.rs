@@ -14,16 +14,7 @@ const SERVER_ARGS: &[&str] = &["--innodb-flush-neighbors=0", "--innodb-log-file-
 const TIMELINE: &str = "main";
 
 fn mount(root: &Path, node: &str, pageserver: &Service, walsync: &Service) -> FuseIbd {
-    let (mnt, cache) = (root.join(node).join("datadir"), root.join(node).join("cache"));
-    let args = [
-        "--pageserver",
-        &pageserver.url,
-        "--walsync",
-        &walsync.url,
-        "--timeline",
-        TIMELINE,
-    ];
-    FuseIbd::mount_with(&mnt, &cache, &args).unwrap()
+    FuseIbd::mount_node(root, node, pageserver, walsync, TIMELINE, &[]).unwrap()
 }
 
 fn assert_recovered(db: &MariaDb, crash: bool) {

@@ -14,16 +14,7 @@ const TIMELINE: &str = "main";
 const OUTAGE: Duration = Duration::from_secs(5);
 
 fn mount(root: &Path, node: &str, pageserver: &Service, walsync: &Service) -> FuseIbd {
-    let (mnt, cache) = (root.join(node).join("datadir"), root.join(node).join("cache"));
-    let args = [
-        "--pageserver",
-        &pageserver.url,
-        "--walsync",
-        &walsync.url,
-        "--timeline",
-        TIMELINE,
-    ];
-    FuseIbd::mount_with(&mnt, &cache, &args).unwrap()
+    FuseIbd::mount_node(root, node, pageserver, walsync, TIMELINE, &[]).unwrap()
 }
 
 #[test]
