@@ -235,9 +235,9 @@ async fn shared_stream(client: &WalsyncClient, tl: &str, writers: usize, duratio
     Samples::merge(parts, started.elapsed())
 }
 
-/// The storage core alone (timeline writer thread, group commit, fdatasync), no HTTP: splits the
+/// The storage core alone (timeline writer, group commit, fdatasync), no HTTP: splits the
 /// overhead over a bare fdatasync between storage and transport.
-async fn in_process(dir: &Path, name: &str, duration: Duration) -> Samples {
+fn in_process(dir: &Path, name: &str, duration: Duration) -> Samples {
     use walsync::storage::checkpoints::CheckpointLog;
     use walsync::storage::meta::TimelineMeta;
     use walsync::timeline::{Timeline, TimelineConfig};
@@ -252,7 +252,7 @@ async fn in_process(dir: &Path, name: &str, duration: Duration) -> Samples {
         segment_size: 16 << 20,
     };
     let tl = Timeline::open(&tl_dir, None, &config, &metrics).unwrap();
-    let term = tl.acquire_term(None).await.unwrap().term;
+    let term = tl.acquire_term(None).unwrap().term;
     let mut sizes = Sizes(3);
     let data = vec![0x77u8; 4096];
     let mut lsn = START_LSN;
@@ -265,8 +265,7 @@ async fn in_process(dir: &Path, name: &str, duration: Duration) -> Samples {
     while started.elapsed() < duration {
         let len = sizes.next();
         let t = Instant::now();
-        let chunk = bytes::Bytes::copy_from_slice(&data[..len]);
-        tl.append(term, lsn, chunk).await.unwrap();
+        tl.append(term, lsn, &data[..len]).unwrap();
         samples.latencies.push(t.elapsed());
         samples.bytes += len as u64;
         lsn += len as u64;
@@ -310,7 +309,7 @@ fn main() {
     let (mut bare, mut core, mut plain, mut stream) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         bare.push(bare_concurrent(&data_dir, 1, slice));
-        core.push(runtime.block_on(in_process(tmp.path(), &format!("core-{round}"), slice)));
+        core.push(in_process(tmp.path(), &format!("core-{round}"), slice));
         plain.push(runtime.block_on(plain_appends(&client, &format!("plain1-{round}"), 1, slice)));
         stream.push(runtime.block_on(shared_stream(&client, &format!("stream1-{round}"), 1, slice)));
     }

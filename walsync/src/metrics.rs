@@ -19,7 +19,7 @@ pub struct ReasonLabel {
 
 #[derive(Clone)]
 pub struct Metrics {
-    /// From an append's arrival at the writer to its acknowledgement (durable).
+    /// From an append (or a stream's batch) reaching its timeline to its being durable.
     pub append_latency: Histogram,
     pub fsync_latency: Histogram,
     /// Appends made durable by one fdatasync (group commit).
@@ -54,7 +54,7 @@ impl Metrics {
         let m = metrics.clone();
         registry.register(
             "append_latency_seconds",
-            "Time from an append reaching the writer to its durable acknowledgement",
+            "Time from an append reaching its timeline to its being durable",
             m.append_latency,
         );
         registry.register(

@@ -25,8 +25,8 @@ pub fn keep_from(meta: &TimelineMeta, window_start_ms: u64, branch_lsns: &[u64])
     Some(keep)
 }
 
-/// One retention pass over every timeline.
-pub async fn enforce(timelines: &Timelines, window: Duration) {
+/// One retention pass over every timeline. Blocking.
+pub fn enforce(timelines: &Timelines, window: Duration) {
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
@@ -41,7 +41,7 @@ pub async fn enforce(timelines: &Timelines, window: Duration) {
         let Some(lsn) = tl.with_meta(|m| keep_from(m, window_start_ms, &branch_lsns)) else {
             continue;
         };
-        if let Err(e) = tl.remove_before(lsn).await {
+        if let Err(e) = tl.remove_before(lsn) {
             tracing::warn!(timeline = tl.id(), error = %e, "retention failed");
         }
     }
@@ -53,7 +53,11 @@ pub async fn run(timelines: Arc<Timelines>, window: Duration, interval: Duration
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        enforce(&timelines, window).await;
+        let timelines = timelines.clone();
+        // Removing files blocks; the runtime's thread accepts connections.
+        if let Err(e) = tokio::task::spawn_blocking(move || enforce(&timelines, window)).await {
+            tracing::error!(error = %e, "retention pass panicked");
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use super::index::{SegmentEntry, WalIndex};
@@ -14,8 +15,28 @@ pub struct WalStore {
     dir: PathBuf,
     segment_size: u64,
     index: Arc<RwLock<WalIndex>>,
-    tail: Option<File>,
-    unsynced: bool,
+    /// Shared with a [`SyncTarget`], so the fdatasync can run while the next records are written.
+    tail: Option<Arc<File>>,
+    /// End of the WAL known to be durable.
+    synced_end: Option<u64>,
+    /// fdatasyncs of WAL segments that succeeded (tests check group commit with it).
+    syncs: Arc<AtomicU64>,
+}
+
+/// What one fdatasync makes durable: the tail segment, up to `end`. Taken under the writer's lock,
+/// synced outside it, then reported back with [`WalStore::mark_synced`].
+pub struct SyncTarget {
+    file: Arc<File>,
+    pub end: u64,
+    syncs: Arc<AtomicU64>,
+}
+
+impl SyncTarget {
+    pub fn sync(&self) -> io::Result<()> {
+        self.file.sync_data()?;
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
 }
 
 /// What opening a store found and repaired.
@@ -80,16 +101,17 @@ impl WalStore {
                 // A crash between write and fdatasync leaves bytes that the scan accepts but that
                 // were never acknowledged as durable: make them durable before reporting them so.
                 file.sync_data()?;
-                Some(file)
+                Some(Arc::new(file))
             }
             None => None,
         };
         let store = Self {
             dir: dir.to_path_buf(),
             segment_size,
+            synced_end: index.end_lsn(),
             index: Arc::new(RwLock::new(index)),
             tail,
-            unsynced: false,
+            syncs: Arc::new(AtomicU64::new(0)),
         };
         Ok((store, report))
     }
@@ -105,8 +127,18 @@ impl WalStore {
         self.index.read().expect("index lock").end_lsn()
     }
 
+    /// End of the durable WAL.
+    pub fn synced_end(&self) -> Option<u64> {
+        self.synced_end
+    }
+
+    /// Successful WAL fdatasyncs so far.
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
+    }
+
     /// Writes one record at `start_lsn`, which the caller has checked continues the WAL. Not
-    /// durable until [`sync`](Self::sync).
+    /// durable until synced ([`sync`](Self::sync) or a [`SyncTarget`]).
     pub fn append(&mut self, start_lsn: u64, data: &[u8]) -> io::Result<()> {
         let tail_full = self
             .index
@@ -117,14 +149,9 @@ impl WalStore {
         if self.tail.is_none() || tail_full {
             self.start_segment(start_lsn)?;
         }
-        let mut record = Vec::with_capacity(segment::RECORD_HEADER_LEN as usize + data.len());
-        record.extend_from_slice(&segment::encode_header(start_lsn, data));
-        record.extend_from_slice(data);
-        self.tail
-            .as_mut()
-            .expect("tail segment is open")
-            .write_all(&record)?;
-        self.unsynced = true;
+        let header = segment::encode_header(start_lsn, data);
+        let tail: &File = self.tail.as_ref().expect("tail segment is open");
+        write_all_vectored(tail, &header, data)?;
         let mut index = self.index.write().expect("index lock");
         index
             .last_mut()
@@ -139,7 +166,7 @@ impl WalStore {
         let path = self.dir.join(segment::file_name(start_lsn));
         let file = OpenOptions::new().append(true).create_new(true).open(&path)?;
         sync_dir(&self.dir)?;
-        self.tail = Some(file);
+        self.tail = Some(Arc::new(file));
         self.index
             .write()
             .expect("index lock")
@@ -147,16 +174,32 @@ impl WalStore {
         Ok(())
     }
 
+    /// What an fdatasync now would make durable; `None` if everything written is durable.
+    pub fn sync_target(&self) -> Option<SyncTarget> {
+        let end = self.end_lsn()?;
+        if self.synced_end.is_some_and(|synced| synced >= end) {
+            return None;
+        }
+        Some(SyncTarget {
+            file: self.tail.clone().expect("written WAL has a tail segment"),
+            end,
+            syncs: self.syncs.clone(),
+        })
+    }
+
+    /// Records that a [`SyncTarget`] was synced.
+    pub fn mark_synced(&mut self, end: u64) {
+        self.synced_end = self.synced_end.max(Some(end));
+    }
+
     /// Makes everything written so far durable (one `fdatasync`); tells whether one was needed.
     pub fn sync(&mut self) -> io::Result<bool> {
-        match (self.unsynced, &self.tail) {
-            (true, Some(tail)) => {
-                tail.sync_data()?;
-                self.unsynced = false;
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
+        let Some(target) = self.sync_target() else {
+            return Ok(false);
+        };
+        target.sync()?;
+        self.mark_synced(target.end);
+        Ok(true)
     }
 
     /// Deletes the segments wholly below `lsn` (never the tail); returns the bytes freed.
@@ -208,6 +251,20 @@ impl WalReader {
             segment::read_range(&piece.path, piece.mark, piece.from, piece.to, &mut out)?;
         }
         Ok(out)
+    }
+}
+
+/// Writes a record's header and payload with one system call where it can: one syscall, no copy.
+fn write_all_vectored(mut file: &File, header: &[u8], data: &[u8]) -> io::Result<()> {
+    let total = header.len() + data.len();
+    let written = file.write_vectored(&[io::IoSlice::new(header), io::IoSlice::new(data)])?;
+    if written < header.len() {
+        file.write_all(&header[written..])?;
+        file.write_all(data)
+    } else if written < total {
+        file.write_all(&data[written - header.len()..])
+    } else {
+        Ok(())
     }
 }
 
