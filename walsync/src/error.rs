@@ -22,6 +22,12 @@ pub enum WalError {
         "WAL below LSN {start} is not stored: removed by retention or never written here (asked from {from})"
     )]
     Removed { from: u64, start: u64 },
+    #[error(
+        "a branch at LSN {lsn} needs WAL from LSN {needed_from} (the checkpoint it recovers from, \
+         else the branch LSN), but this timeline's WAL is stored only from LSN {start} (removed by \
+         retention or never written here)"
+    )]
+    BranchBelowWal { lsn: u64, needed_from: u64, start: u64 },
     #[error("{0}")]
     NoRecoveryPoint(String),
     #[error("timeline {0:?} exists with another parent")]
@@ -44,7 +50,7 @@ impl WalError {
             WalError::Gap { .. } => "gap",
             WalError::OverlapMismatch { .. } => "overlap_mismatch",
             WalError::NotDurable { .. } => "not_durable",
-            WalError::Removed { .. } => "wal_removed",
+            WalError::Removed { .. } | WalError::BranchBelowWal { .. } => "wal_removed",
             WalError::NoRecoveryPoint(_) => "no_recovery_point",
             WalError::Exists(_) => "exists",
             WalError::Io(_) => "storage_error",
@@ -62,7 +68,7 @@ impl WalError {
             | WalError::Gap { .. }
             | WalError::OverlapMismatch { .. }
             | WalError::Exists(_) => 409,
-            WalError::Removed { .. } => 410,
+            WalError::Removed { .. } | WalError::BranchBelowWal { .. } => 410,
             WalError::NotDurable { .. } => 416,
             WalError::Io(_) => 500,
             WalError::Failed(_) => 503,

@@ -78,6 +78,14 @@ pub struct Timeline {
     metrics: Metrics,
 }
 
+impl std::fmt::Debug for Timeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Timeline")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Timeline {
     /// Opens the timeline stored in `dir` (whose metadata file must exist).
     /// `parent` is the timeline its metadata names as parent, if any.
@@ -347,6 +355,54 @@ impl Timeline {
 
     pub fn durable_lsn(&self) -> Option<u64> {
         self.state.read().expect("state lock").durable_lsn
+    }
+
+    /// The lowest LSN this timeline can serve reads from, through its ancestors.
+    pub fn readable_start(&self) -> Option<u64> {
+        let (branch, own) = {
+            let state = self.state.read().expect("state lock");
+            (
+                state.meta.parent.as_ref().map(|p| p.lsn),
+                self.own_start(&state.meta),
+            )
+        };
+        let own = own?;
+        match (&self.parent, branch) {
+            // A branch reads below its branch LSN from its parent, if it kept its own WAL from there.
+            (Some(parent), Some(branch)) if branch == own => {
+                Some(parent.readable_start().map_or(own, |p| p.min(own)))
+            }
+            _ => Some(own),
+        }
+    }
+
+    /// What a branch at `lsn` starts with (the geometry and checkpoint in force there), after
+    /// checking it can be served: `lsn` is durable here, and the WAL it recovers from (from that
+    /// checkpoint, else from `lsn`) is still stored. Retention must not run between this check and
+    /// the branch being registered (`Timelines` serializes them).
+    pub fn branch_point(
+        &self,
+        lsn: u64,
+    ) -> Result<(Option<GeometryRecord>, Option<CheckpointRecord>), WalError> {
+        let durable = self.durable_lsn();
+        if durable.is_none_or(|d| lsn > d) {
+            return Err(WalError::BadRequest(format!(
+                "branch LSN {lsn} is beyond the durable LSN {durable:?} of {}: a branch starts \
+                 from durable WAL",
+                self.id
+            )));
+        }
+        let (geometry, checkpoint) =
+            self.with_meta(|m| (m.geometry_at(lsn).cloned(), m.checkpoint_for(lsn).cloned()));
+        let needed_from = checkpoint.as_ref().map_or(lsn, |c| c.checkpoint.checkpoint_lsn);
+        match self.readable_start() {
+            Some(start) if start <= needed_from => Ok((geometry, checkpoint)),
+            start => Err(WalError::BranchBelowWal {
+                lsn,
+                needed_from,
+                start: start.unwrap_or(lsn),
+            }),
+        }
     }
 
     /// First LSN of this timeline's own WAL: its oldest segment, else its branch point.
