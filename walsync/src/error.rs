@@ -32,6 +32,8 @@ pub enum WalError {
     NoRecoveryPoint(String),
     #[error("timeline {0:?} exists with another parent")]
     Exists(String),
+    #[error("{0}")]
+    Corrupt(String),
     #[error("storage failed: {0}")]
     Io(#[from] std::io::Error),
     #[error("timeline is read-only after a storage failure ({0}); restart walsync")]
@@ -53,6 +55,7 @@ impl WalError {
             WalError::Removed { .. } | WalError::BranchBelowWal { .. } => "wal_removed",
             WalError::NoRecoveryPoint(_) => "no_recovery_point",
             WalError::Exists(_) => "exists",
+            WalError::Corrupt(_) => "wal_corrupt",
             WalError::Io(_) => "storage_error",
             WalError::Failed(_) => "storage_failed",
         }
@@ -70,7 +73,7 @@ impl WalError {
             | WalError::Exists(_) => 409,
             WalError::Removed { .. } | WalError::BranchBelowWal { .. } => 410,
             WalError::NotDurable { .. } => 416,
-            WalError::Io(_) => 500,
+            WalError::Corrupt(_) | WalError::Io(_) => 500,
             WalError::Failed(_) => 503,
         }
     }

@@ -22,7 +22,7 @@ use crate::error::WalError;
 use crate::metrics::Metrics;
 use crate::storage::checkpoints::CheckpointLog;
 use crate::storage::meta::TimelineMeta;
-use crate::storage::wal::{WalReader, WalStore};
+use crate::storage::wal::{KnownCorrupt, WalReader, WalStore};
 
 mod writer;
 use writer::Writer;
@@ -113,6 +113,20 @@ impl Timeline {
                 "truncated torn WAL tail (bytes never acknowledged)"
             );
             metrics.torn_tails_truncated.inc();
+        }
+        for (path, corrupt) in &report.corrupt {
+            tracing::error!(
+                timeline = %meta.timeline_id,
+                segment = %path.display(),
+                offset = corrupt.offset,
+                bytes = corrupt.end_offset - corrupt.offset,
+                from_lsn = corrupt.from_lsn,
+                to_lsn = corrupt.to_lsn,
+                reason = corrupt.reason,
+                "corrupt WAL (valid records follow it, so not a torn write): kept on disk, refused \
+                 to readers; the rest of the timeline stays available"
+            );
+            metrics.corrupt_wal_found.inc();
         }
         let base_lsn = meta.parent.as_ref().map(|p| p.lsn);
         let durable_lsn = wal.synced_end().or(base_lsn);
@@ -396,12 +410,32 @@ impl Timeline {
             self.with_meta(|m| (m.geometry_at(lsn).cloned(), m.checkpoint_for(lsn).cloned()));
         let needed_from = checkpoint.as_ref().map_or(lsn, |c| c.checkpoint.checkpoint_lsn);
         match self.readable_start() {
-            Some(start) if start <= needed_from => Ok((geometry, checkpoint)),
-            start => Err(WalError::BranchBelowWal {
-                lsn,
-                needed_from,
-                start: start.unwrap_or(lsn),
-            }),
+            Some(start) if start <= needed_from => {}
+            start => {
+                return Err(WalError::BranchBelowWal {
+                    lsn,
+                    needed_from,
+                    start: start.unwrap_or(lsn),
+                })
+            }
+        }
+        self.check_not_corrupt(needed_from, lsn)?;
+        Ok((geometry, checkpoint))
+    }
+
+    /// Refuses a range overlapping WAL known corrupt, here or (below the branch LSN) in an
+    /// ancestor.
+    fn check_not_corrupt(&self, from: u64, to: u64) -> Result<(), WalError> {
+        if let Some((a, b)) = self.reader.corrupt_in(from, to) {
+            return Err(WalError::Corrupt(format!(
+                "WAL [{a}, {b}) of timeline {} is corrupt on disk",
+                self.id
+            )));
+        }
+        let branch = self.with_meta(|m| m.parent.as_ref().map(|p| p.lsn));
+        match (&self.parent, branch) {
+            (Some(parent), Some(branch)) if from < branch => parent.check_not_corrupt(from, to.min(branch)),
+            _ => Ok(()),
         }
     }
 
@@ -456,7 +490,7 @@ impl Timeline {
                     from,
                     start: self.reader.bounds().map_or(own_start, |b| b.0),
                 },
-                _ => WalError::Io(e),
+                _ => read_error(e, &self.id, &self.metrics),
             })?;
             out.extend_from_slice(&bytes);
         }
@@ -493,6 +527,20 @@ impl Timeline {
     }
 }
 
+/// A failed read of stored WAL: corrupt bytes (known since start, or failing their CRC now) are
+/// `wal_corrupt`, reported loudly the first time; anything else is a storage error.
+fn read_error(e: std::io::Error, timeline: &str, metrics: &Metrics) -> WalError {
+    if e.kind() != std::io::ErrorKind::InvalidData {
+        return WalError::Io(e);
+    }
+    let known = e.get_ref().is_some_and(|inner| inner.is::<KnownCorrupt>());
+    if !known {
+        tracing::error!(timeline, error = %e, "stored WAL failed its CRC check on read");
+        metrics.corrupt_wal_found.inc();
+    }
+    WalError::Corrupt(format!("cannot serve WAL of timeline {timeline}: {e}"))
+}
+
 /// Only the current term may write, and only while the timeline is healthy.
 fn check_term(state: &State, given: u64) -> Result<(), WalError> {
     if let Some(failure) = &state.failed {
@@ -520,6 +568,16 @@ mod tests {
         let metrics = Metrics::register(&mut registry);
         TimelineMeta::new("t", None).store(dir).unwrap();
         CheckpointLog::create(dir, &[]).unwrap();
+        let config = TimelineConfig {
+            segment_size: 1 << 20,
+        };
+        (Timeline::open(dir, None, &config, &metrics).unwrap(), registry)
+    }
+
+    /// Opens an existing timeline again, as a restart does.
+    fn open_again(dir: &Path) -> (Arc<Timeline>, Registry) {
+        let mut registry = Registry::with_prefix("walsync");
+        let metrics = Metrics::register(&mut registry);
         let config = TimelineConfig {
             segment_size: 1 << 20,
         };
@@ -605,6 +663,43 @@ mod tests {
         assert_eq!(outcome.durable.unwrap().unwrap(), 4);
         assert!(matches!(outcome.refused, Some(WalError::Gap { .. })));
         assert_eq!(tl.durable_lsn(), Some(4));
+    }
+
+    #[test]
+    fn corrupt_wal_is_refused_to_reads_and_branches_but_the_rest_is_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tl, _registry) = open(dir.path());
+        let term = tl.acquire_term(None).unwrap().term;
+        for lsn in (1000..5000).step_by(1000) {
+            tl.append(term, lsn, &[lsn as u8; 1000]).unwrap();
+            if lsn == 1000 {
+                let checkpoint = Checkpoint {
+                    checkpoint_lsn: 1500,
+                    end_lsn: 1600,
+                };
+                tl.add_checkpoint(term, checkpoint).unwrap();
+            }
+        }
+        drop(tl);
+        let segment = dir
+            .path()
+            .join("wal")
+            .join(crate::storage::segment::file_name(1000));
+        let mut bytes = std::fs::read(&segment).unwrap();
+        bytes[1016 + 16 + 1] ^= 1; // in [2000, 3000)
+        std::fs::write(&segment, bytes).unwrap();
+
+        let (tl, registry) = open_again(dir.path());
+        assert_eq!(tl.durable_lsn(), Some(5000));
+        assert_eq!(metric(&registry, "walsync_corrupt_wal_found_total"), 1.0);
+        let err = tl.read(2500, 2600).unwrap_err();
+        assert_eq!((err.code(), err.http_status()), ("wal_corrupt", 500));
+        assert_eq!(tl.read(3000, 5000).unwrap().len(), 2000);
+        // A branch at 4000 recovers from 1500, through the corrupt range; one at 2000 does not.
+        let err = tl.branch_point(4000).unwrap_err();
+        assert_eq!(err.code(), "wal_corrupt");
+        let (_, checkpoint) = tl.branch_point(2000).unwrap();
+        assert_eq!(checkpoint.unwrap().checkpoint.checkpoint_lsn, 1500);
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub struct SegmentEntry {
     /// Bytes of valid records (the append position).
     pub file_len: u64,
     marks: Vec<Mark>,
+    /// LSN ranges `[from, to)` whose bytes are corrupt on disk: never served.
+    corrupt: Vec<(u64, u64)>,
 }
 
 impl SegmentEntry {
@@ -31,16 +33,20 @@ impl SegmentEntry {
             end_lsn: start_lsn,
             file_len: 0,
             marks: Vec::new(),
+            corrupt: Vec::new(),
         }
     }
 
     /// Accounts for a record of `len` payload bytes written at the current end.
     pub fn note_record(&mut self, start_lsn: u64, len: u64) {
         debug_assert_eq!(start_lsn, self.end_lsn);
-        let due = self
-            .marks
-            .last()
-            .is_none_or(|m| self.file_len - m.offset >= MARK_INTERVAL);
+        // Also right after corrupt bytes, so no read ever has to scan through them.
+        let after_corrupt = self.corrupt.last().is_some_and(|c| c.1 == start_lsn);
+        let due = after_corrupt
+            || self
+                .marks
+                .last()
+                .is_none_or(|m| self.file_len - m.offset >= MARK_INTERVAL);
         if due {
             self.marks.push(Mark {
                 lsn: start_lsn,
@@ -49,6 +55,13 @@ impl SegmentEntry {
         }
         self.file_len += super::segment::RECORD_HEADER_LEN + len;
         self.end_lsn += len;
+    }
+
+    /// Accounts for corrupt bytes up to `end_offset`, where the WAL continues at `to_lsn`.
+    pub fn skip_corrupt(&mut self, to_lsn: u64, end_offset: u64) {
+        self.corrupt.push((self.end_lsn, to_lsn));
+        self.end_lsn = to_lsn;
+        self.file_len = end_offset;
     }
 
     /// The last mark at or before `lsn` (which must lie inside this segment).
@@ -97,6 +110,18 @@ impl WalIndex {
 
     pub fn stored_bytes(&self) -> u64 {
         self.segments.iter().map(|s| s.file_len).sum()
+    }
+
+    /// WAL (in LSN bytes) that is stored but corrupt.
+    pub fn corrupt_bytes(&self) -> u64 {
+        let ranges = self.segments.iter().flat_map(|s| &s.corrupt);
+        ranges.map(|(from, to)| to - from).sum()
+    }
+
+    /// The first corrupt range overlapping `[from, to)`.
+    pub fn corrupt_in(&self, from: u64, to: u64) -> Option<(u64, u64)> {
+        let ranges = self.segments.iter().flat_map(|s| &s.corrupt);
+        ranges.copied().find(|(a, b)| *a < to && from < *b)
     }
 
     /// Splits `[from, to)` into per-segment pieces; the caller has checked the range is stored.

@@ -150,7 +150,10 @@ impl Writer {
             });
         }
         let overlap_end = data_end.min(end);
-        let stored = self.reader.read(start_lsn, overlap_end)?;
+        let stored = self
+            .reader
+            .read(start_lsn, overlap_end)
+            .map_err(|e| super::read_error(e, &self.label.timeline, &self.metrics))?;
         let sent = &data[..(overlap_end - start_lsn) as usize];
         if let Some(i) = stored.iter().zip(sent).position(|(a, b)| a != b) {
             return Err(WalError::OverlapMismatch {
@@ -338,5 +341,9 @@ impl Writer {
             .stored_bytes
             .get_or_create(&self.label)
             .set(self.reader.stored_bytes() as i64);
+        self.metrics
+            .corrupt_wal_bytes
+            .get_or_create(&self.label)
+            .set(self.reader.corrupt_bytes() as i64);
     }
 }
