@@ -28,6 +28,11 @@ pub enum WalError {
          retention or never written here)"
     )]
     BranchBelowWal { lsn: u64, needed_from: u64, start: u64 },
+    #[error(
+        "recovery to LSN {target} starts at its checkpoint, LSN {from}, but the WAL is stored \
+         only from LSN {start} (removed by retention or never written here)"
+    )]
+    RecoveryWalMissing { target: u64, from: u64, start: u64 },
     #[error("{0}")]
     NoRecoveryPoint(String),
     #[error("timeline {0:?} exists with another parent")]
@@ -52,7 +57,9 @@ impl WalError {
             WalError::Gap { .. } => "gap",
             WalError::OverlapMismatch { .. } => "overlap_mismatch",
             WalError::NotDurable { .. } => "not_durable",
-            WalError::Removed { .. } | WalError::BranchBelowWal { .. } => "wal_removed",
+            WalError::Removed { .. }
+            | WalError::BranchBelowWal { .. }
+            | WalError::RecoveryWalMissing { .. } => "wal_removed",
             WalError::NoRecoveryPoint(_) => "no_recovery_point",
             WalError::Exists(_) => "exists",
             WalError::Corrupt(_) => "wal_corrupt",
@@ -71,7 +78,9 @@ impl WalError {
             | WalError::Gap { .. }
             | WalError::OverlapMismatch { .. }
             | WalError::Exists(_) => 409,
-            WalError::Removed { .. } | WalError::BranchBelowWal { .. } => 410,
+            WalError::Removed { .. }
+            | WalError::BranchBelowWal { .. }
+            | WalError::RecoveryWalMissing { .. } => 410,
             WalError::NotDurable { .. } => 416,
             WalError::Corrupt(_) | WalError::Io(_) => 500,
             WalError::Failed(_) => 503,

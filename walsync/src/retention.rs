@@ -90,6 +90,13 @@ mod tests {
         let timelines = Arc::new(Timelines::open(dir, config, metrics).unwrap());
         let tl = timelines.get_or_create("parent").unwrap();
         let term = tl.acquire_term(None).unwrap().term;
+        let geometry = ibd_api::walsync::Geometry {
+            first_lsn: 12288,
+            file_size: 96 << 20,
+            creator: "MariaDB 10.11.19".into(),
+            at_lsn: 12288,
+        };
+        tl.set_geometry(term, geometry).unwrap();
         for lsn in (100_000..160_000).step_by(1000) {
             tl.append(term, lsn, &[lsn as u8; 1000]).unwrap();
             if lsn == 110_000 || lsn == 155_000 {
@@ -150,6 +157,20 @@ mod tests {
                     .expect("the branch's WAL survived retention");
             }
         }
+    }
+
+    #[test]
+    fn a_branch_whose_parent_lost_its_wal_gets_no_recovery_plan() {
+        let dir = tempfile::tempdir().unwrap();
+        let timelines = parent_with_checkpoints(dir.path());
+        let child = timelines.create("child", branch(120_000)).unwrap();
+        let plan = child.recovery_plan(None).unwrap();
+        assert_eq!((plan.wal_from, plan.wal_to), (105_000, 120_000));
+        // WAL the branch recovers from disappears from the parent (retention keeps it; this
+        // stands for it being lost another way).
+        timelines.get("parent").unwrap().remove_before(150_000).unwrap();
+        let err = child.recovery_plan(None).unwrap_err();
+        assert_eq!((err.code(), err.http_status()), ("wal_removed", 410), "{err}");
     }
 
     #[test]

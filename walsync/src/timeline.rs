@@ -499,31 +499,47 @@ impl Timeline {
 
     /// What a fresh node needs to recover to `lsn` (default: the durable LSN).
     pub fn recovery_plan(&self, lsn: Option<u64>) -> Result<RecoveryPlan, WalError> {
-        let state = self.state.read().expect("state lock");
-        let durable = state.durable_lsn.unwrap_or(0);
-        let target = lsn.unwrap_or(durable);
-        if target > durable || state.durable_lsn.is_none() {
-            return Err(WalError::NotDurable {
-                from: target,
-                to: target,
-                durable,
-            });
+        let plan = {
+            let state = self.state.read().expect("state lock");
+            let durable = state.durable_lsn.unwrap_or(0);
+            let target = lsn.unwrap_or(durable);
+            if target > durable || state.durable_lsn.is_none() {
+                return Err(WalError::NotDurable {
+                    from: target,
+                    to: target,
+                    durable,
+                });
+            }
+            let geometry = state.meta.geometry_at(target).ok_or_else(|| {
+                WalError::NoRecoveryPoint(format!("no log geometry recorded at or below LSN {target}"))
+            })?;
+            let checkpoint = state.meta.checkpoint_for(target).ok_or_else(|| {
+                WalError::NoRecoveryPoint(format!(
+                    "no checkpoint recorded that recovery to LSN {target} can start from"
+                ))
+            })?;
+            RecoveryPlan {
+                timeline_id: self.id.clone(),
+                geometry: geometry.geometry.clone(),
+                checkpoint: checkpoint.checkpoint,
+                wal_from: checkpoint.checkpoint.checkpoint_lsn,
+                wal_to: target,
+            }
+        };
+        // A plan is only worth giving if its WAL can be read: retention (or a writer that began
+        // appending after the checkpoint it reported) may have left it incomplete.
+        match self.readable_start() {
+            Some(start) if start <= plan.wal_from => {}
+            start => {
+                return Err(WalError::RecoveryWalMissing {
+                    target: plan.wal_to,
+                    from: plan.wal_from,
+                    start: start.unwrap_or(plan.wal_to),
+                })
+            }
         }
-        let geometry = state.meta.geometry_at(target).ok_or_else(|| {
-            WalError::NoRecoveryPoint(format!("no log geometry recorded at or below LSN {target}"))
-        })?;
-        let checkpoint = state.meta.checkpoint_for(target).ok_or_else(|| {
-            WalError::NoRecoveryPoint(format!(
-                "no checkpoint recorded that recovery to LSN {target} can start from"
-            ))
-        })?;
-        Ok(RecoveryPlan {
-            timeline_id: self.id.clone(),
-            geometry: geometry.geometry.clone(),
-            checkpoint: checkpoint.checkpoint,
-            wal_from: checkpoint.checkpoint.checkpoint_lsn,
-            wal_to: target,
-        })
+        self.check_not_corrupt(plan.wal_from, plan.wal_to)?;
+        Ok(plan)
     }
 }
 
@@ -700,6 +716,56 @@ mod tests {
         assert_eq!(err.code(), "wal_corrupt");
         let (_, checkpoint) = tl.branch_point(2000).unwrap();
         assert_eq!(checkpoint.unwrap().checkpoint.checkpoint_lsn, 1500);
+    }
+
+    #[test]
+    fn a_recovery_plan_needs_its_wal_from_the_checkpoint_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tl, _registry) = open(dir.path());
+        let term = tl.acquire_term(None).unwrap().term;
+        let geometry = Geometry {
+            first_lsn: 12288,
+            file_size: 1 << 20,
+            creator: "MariaDB 10.11.19".into(),
+            at_lsn: 12288,
+        };
+        tl.set_geometry(term, geometry).unwrap();
+        // The writer's first append starts after the checkpoint it reports: WAL [15000, 20000)
+        // was never here.
+        tl.append(term, 20_000, &[1; 1000]).unwrap();
+        let checkpoint = Checkpoint {
+            checkpoint_lsn: 15_000,
+            end_lsn: 20_100,
+        };
+        tl.add_checkpoint(term, checkpoint).unwrap();
+        tl.append(term, 21_000, &[2; 1000]).unwrap();
+        let err = tl.recovery_plan(None).unwrap_err();
+        assert_eq!((err.code(), err.http_status()), ("wal_removed", 410), "{err}");
+        assert!(
+            matches!(
+                err,
+                WalError::RecoveryWalMissing {
+                    from: 15_000,
+                    start: 20_000,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+
+        // A later checkpoint with its WAL here gives a plan; an earlier target, which recovers
+        // from the first checkpoint, is still refused.
+        let checkpoint = Checkpoint {
+            checkpoint_lsn: 20_500,
+            end_lsn: 21_100,
+        };
+        tl.add_checkpoint(term, checkpoint).unwrap();
+        tl.append(term, 22_000, &[3; 1000]).unwrap();
+        let plan = tl.recovery_plan(None).unwrap();
+        assert_eq!((plan.wal_from, plan.wal_to), (20_500, 23_000));
+        tl.read(plan.wal_from, plan.wal_to).unwrap();
+        let err = tl.recovery_plan(Some(21_500)).unwrap_err();
+        assert_eq!(err.code(), "wal_removed");
     }
 
     #[test]
