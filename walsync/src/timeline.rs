@@ -769,6 +769,52 @@ mod tests {
     }
 
     #[test]
+    fn a_resend_compares_what_overlaps_and_appends_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut registry = Registry::with_prefix("walsync");
+        let metrics = Metrics::register(&mut registry);
+        TimelineMeta::new("t", None).store(dir.path()).unwrap();
+        CheckpointLog::create(dir.path(), &[]).unwrap();
+        // Small segments, so resends span records and segments.
+        let config = TimelineConfig { segment_size: 100 };
+        let tl = Timeline::open(dir.path(), None, &config, &metrics).unwrap();
+        let term = tl.acquire_term(None).unwrap().term;
+        let byte = |lsn: u64| (lsn * 7 % 251) as u8;
+        let bytes = |from: u64, to: u64| (from..to).map(byte).collect::<Vec<u8>>();
+        for lsn in (0..300).step_by(60) {
+            tl.append(term, lsn, &bytes(lsn, lsn + 60)).unwrap();
+        }
+        assert!(std::fs::read_dir(dir.path().join("wal")).unwrap().count() > 2);
+
+        // Overlaps the last 250 stored bytes (five records, three segments), extends by 70.
+        assert_eq!(tl.append(term, 50, &bytes(50, 370)).unwrap(), 370);
+        // Starts inside a record, ends inside another: nothing new.
+        assert_eq!(tl.append(term, 75, &bytes(75, 130)).unwrap(), 370);
+        assert_eq!(tl.read(0, 370).unwrap(), bytes(0, 370));
+
+        // A difference in the overlapping part refuses the whole resend, extension included.
+        let mut wrong = bytes(200, 420);
+        wrong[100] ^= 1;
+        let err = tl.append(term, 200, &wrong).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                WalError::OverlapMismatch {
+                    start_lsn: 200,
+                    at_lsn: 300
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(tl.durable_lsn(), Some(370));
+        // A resend differing only in bytes past the end is new WAL, not a conflict.
+        let mut longer = bytes(360, 400);
+        longer[20] ^= 1;
+        assert_eq!(tl.append(term, 360, &longer).unwrap(), 400);
+        assert_eq!(tl.read(360, 400).unwrap(), longer);
+    }
+
+    #[test]
     fn a_new_term_fences_appends_of_the_old_one() {
         let dir = tempfile::tempdir().unwrap();
         let (tl, _registry) = open(dir.path());

@@ -166,3 +166,47 @@ impl Timelines {
         Ok(tl)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ibd_api::walsync::BranchPoint;
+    use prometheus_client::registry::Registry;
+
+    use super::*;
+
+    #[test]
+    fn a_branch_resend_from_below_its_branch_point_is_compared_with_the_parent() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::register(&mut Registry::default());
+        let config = TimelineConfig {
+            segment_size: 1 << 20,
+        };
+        let timelines = Timelines::open(dir.path(), config, metrics).unwrap();
+        let parent = timelines.get_or_create("parent").unwrap();
+        let term = parent.acquire_term(None).unwrap().term;
+        parent.append(term, 1000, &[1; 1000]).unwrap();
+        let branch = BranchPoint {
+            timeline_id: "parent".into(),
+            lsn: 1500,
+        };
+        let child = timelines.create("child", Some(branch)).unwrap();
+        let term = child.acquire_term(None).unwrap().term;
+        // The new writer on the branch resends from 1400: 100 bytes shared with the parent, then
+        // its own.
+        let resend = [vec![1; 100], vec![2; 200]].concat();
+        assert_eq!(child.append(term, 1400, &resend).unwrap(), 1700);
+        assert_eq!(child.read(1400, 1700).unwrap(), resend);
+        // Wholly below the branch point and matching: nothing to write, acknowledged.
+        assert_eq!(child.append(term, 1200, &[1; 300]).unwrap(), 1700);
+        // Differing from the parent's bytes: refused, nothing written.
+        let err = child
+            .append(term, 1450, &[vec![9; 50], vec![2; 200], vec![3; 10]].concat())
+            .unwrap_err();
+        assert!(
+            matches!(err, WalError::OverlapMismatch { at_lsn: 1450, .. }),
+            "{err}"
+        );
+        assert_eq!(child.durable_lsn(), Some(1700));
+        assert_eq!(parent.read(1000, 2000).unwrap(), vec![1; 1000]);
+    }
+}
