@@ -233,6 +233,20 @@ async fn stream_pipelines_frames_and_acks_durable_lsn() {
         c.read_wal("tl", 12288, lsn).await.unwrap(),
         chunk(9, 12288, total)
     );
+    // Every frame was made durable by exactly one fdatasync, and there was at least one; frames
+    // that arrived together shared one (at most one per frame).
+    let http = ibd_api::HttpClient::new(&ws.url, ibd_api::RetryPolicy::none()).unwrap();
+    let text = String::from_utf8(http.get_bytes("/metrics").await.unwrap().body.to_vec()).unwrap();
+    let value = |name: &str| -> f64 {
+        let line = text.lines().find(|l| l.starts_with(name)).unwrap();
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(value("walsync_fsync_batch_appends_sum"), 300.0);
+    let fsyncs = value("walsync_fsync_latency_seconds_count");
+    assert!(
+        (1.0..=300.0).contains(&fsyncs),
+        "{fsyncs} fdatasyncs for 300 frames"
+    );
 
     // The first refused frame ends the stream with its error.
     let stream = c.open_stream("tl", term).await.unwrap();
@@ -641,7 +655,10 @@ async fn metrics_and_health_are_served() {
     let text = String::from_utf8(http.get_bytes("/metrics").await.unwrap().body.to_vec()).unwrap();
     for name in [
         "walsync_append_latency_seconds_bucket",
-        "walsync_fsync_latency_seconds_count",
+        // Ten appends, each waited for: one fdatasync each. Fewer would mean an append was
+        // acknowledged without one.
+        "walsync_fsync_latency_seconds_count 10\n",
+        "walsync_fsync_batch_appends_sum 10.0\n",
         "walsync_appended_bytes_total 1000",
         "walsync_durable_lsn{timeline=\"tl\"} 2000",
         "walsync_checkpoint_lag_bytes",
