@@ -165,7 +165,7 @@ impl Timeline {
     fn lock_synced(&self) -> Result<MutexGuard<'_, Writer>, WalError> {
         let mut w = self.lock();
         while w.syncing {
-            w = self.synced.wait(w).unwrap_or_else(|e| e.into_inner());
+            w = self.wait_for_sync(w);
         }
         w.sync_in_lock()?;
         Ok(w)
@@ -274,7 +274,7 @@ impl Timeline {
                 return Err(WalError::Failed(failure));
             }
             if w.syncing {
-                w = self.synced.wait(w).unwrap_or_else(|e| e.into_inner());
+                w = self.wait_for_sync(w);
                 continue;
             }
             // Lead an fdatasync of everything written so far, outside the lock, so the next
@@ -299,8 +299,19 @@ impl Timeline {
                     w.fail(e);
                 }
             }
-            self.synced.notify_all();
+            // A lone writer (the common case) skips the wake-up system call.
+            if w.waiting > 0 {
+                self.synced.notify_all();
+            }
         }
+    }
+
+    /// Waits for the fdatasync in progress to end.
+    fn wait_for_sync<'a>(&'a self, mut w: MutexGuard<'a, Writer>) -> MutexGuard<'a, Writer> {
+        w.waiting += 1;
+        let mut w = self.synced.wait(w).unwrap_or_else(|e| e.into_inner());
+        w.waiting -= 1;
+        w
     }
 
     fn count_acked(&self, appends: usize, arrived: Instant) {

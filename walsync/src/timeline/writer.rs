@@ -39,6 +39,8 @@ pub(super) struct Writer {
     label: TimelineLabel,
     /// An appender is in an fdatasync outside the lock; the others wait for it.
     pub(super) syncing: bool,
+    /// Threads waiting for that fdatasync to end.
+    pub(super) waiting: usize,
     /// Appends written since the last fdatasync started (the next one's batch).
     pub(super) unsynced_appends: usize,
 }
@@ -63,6 +65,7 @@ impl Writer {
             metrics: metrics.clone(),
             label,
             syncing: false,
+            waiting: 0,
             unsynced_appends: 0,
         }
     }
