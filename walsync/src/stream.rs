@@ -15,6 +15,8 @@ use crate::timeline::Timeline;
 /// Frames applied with one group commit, at most; more wait for the next.
 const MAX_BATCH_FRAMES: usize = 1024;
 const MAX_BATCH_BYTES: usize = 32 << 20;
+/// See `poll_frame`.
+const IDLE_POLLS_BEFORE_COMMIT: u32 = 2;
 
 /// One append stream, driven entirely by the connection's own thread polling the answer's body:
 /// it takes every frame that has arrived, appends them with one group commit (blocking this
@@ -27,6 +29,11 @@ pub struct AppendStream {
     request: Incoming,
     request_done: bool,
     decoder: FrameDecoder,
+    /// Frames taken for the next group commit.
+    batch: Vec<WalFrame>,
+    batch_bytes: usize,
+    /// Polls in a row that brought no frame while a batch was waiting.
+    idle_polls: u32,
     /// Why the stream stops taking frames; sent after the acks of the frames before it.
     refusal: Option<WalError>,
     finished: bool,
@@ -40,21 +47,27 @@ impl AppendStream {
             request,
             request_done: false,
             decoder: FrameDecoder::default(),
+            batch: Vec::new(),
+            batch_bytes: 0,
+            idle_polls: 0,
             refusal: None,
             finished: false,
         }
     }
 
-    /// Collects the complete frames that have arrived (reading the request until it has no more
-    /// ready), up to one batch.
-    fn take_frames(&mut self, cx: &mut Context<'_>) -> Vec<WalFrame> {
-        let mut frames = Vec::new();
-        let mut bytes = 0;
-        while self.refusal.is_none() && frames.len() < MAX_BATCH_FRAMES && bytes < MAX_BATCH_BYTES {
+    fn batch_full(&self) -> bool {
+        self.batch.len() >= MAX_BATCH_FRAMES || self.batch_bytes >= MAX_BATCH_BYTES
+    }
+
+    /// Adds the complete frames that have arrived to the batch (reading the request until it has
+    /// no more ready, or the batch is full); tells whether it added any.
+    fn take_frames(&mut self, cx: &mut Context<'_>) -> bool {
+        let before = self.batch.len();
+        while self.refusal.is_none() && !self.batch_full() {
             match self.decoder.next_frame() {
                 Ok(Some(frame)) => {
-                    bytes += frame.data.len();
-                    frames.push(frame);
+                    self.batch_bytes += frame.data.len();
+                    self.batch.push(frame);
                     continue;
                 }
                 Err(e @ FrameError::CrcMismatch { .. }) => {
@@ -90,13 +103,13 @@ impl AppendStream {
                     tracing::debug!(timeline = self.tl.id(), error = %e, "append stream request ended");
                     self.request_done = true;
                     self.finished = true;
-                    frames.clear();
+                    self.batch.clear();
                     break;
                 }
                 Poll::Pending => break,
             }
         }
-        frames
+        self.batch.len() > before
     }
 }
 
@@ -112,9 +125,24 @@ impl Body for AppendStream {
         if this.finished {
             return Poll::Ready(None);
         }
-        let frames = this.take_frames(cx);
+        if this.take_frames(cx) {
+            this.idle_polls = 0;
+        } else if !this.batch.is_empty() {
+            this.idle_polls += 1;
+        }
+        let more_may_come = !this.request_done && this.refusal.is_none() && !this.batch_full();
+        if !this.batch.is_empty() && more_may_come && this.idle_polls < IDLE_POLLS_BEFORE_COMMIT {
+            // hyper hands the request over one chunk (one frame, from our client) per round of
+            // its connection task, and polls this body twice a round: what it has already read
+            // is all taken once two polls in a row bring nothing. Come straight back until then.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         let mut lines = Vec::new();
-        if !frames.is_empty() {
+        if !this.batch.is_empty() {
+            this.idle_polls = 0;
+            let frames = std::mem::take(&mut this.batch);
+            this.batch_bytes = 0;
             let outcome = this.tl.append_batch(this.term, &frames);
             match outcome.durable {
                 Some(Ok(durable_lsn)) => {

@@ -234,7 +234,8 @@ async fn stream_pipelines_frames_and_acks_durable_lsn() {
         chunk(9, 12288, total)
     );
     // Every frame was made durable by exactly one fdatasync, and there was at least one; frames
-    // that arrived together shared one (at most one per frame).
+    // sent while one was in progress shared the next (hyper hands the server one frame at a
+    // time: the stream must still take every frame that has arrived into one batch).
     let http = ibd_api::HttpClient::new(&ws.url, ibd_api::RetryPolicy::none()).unwrap();
     let text = String::from_utf8(http.get_bytes("/metrics").await.unwrap().body.to_vec()).unwrap();
     let value = |name: &str| -> f64 {
@@ -244,8 +245,8 @@ async fn stream_pipelines_frames_and_acks_durable_lsn() {
     assert_eq!(value("walsync_fsync_batch_appends_sum"), 300.0);
     let fsyncs = value("walsync_fsync_latency_seconds_count");
     assert!(
-        (1.0..=300.0).contains(&fsyncs),
-        "{fsyncs} fdatasyncs for 300 frames"
+        (1.0..300.0).contains(&fsyncs),
+        "{fsyncs} fdatasyncs for 300 pipelined frames"
     );
 
     // The first refused frame ends the stream with its error.
