@@ -192,6 +192,62 @@ fn bare_fdatasync_loop(dir: &Path, seed: u64, duration: Duration) -> Samples {
     samples
 }
 
+/// The least any WAL service in another process could cost: each commit goes over loopback TCP to
+/// a thread that writes it, fdatasyncs and answers, with blocking sockets (no walsync, no HTTP,
+/// no async runtime). Tells the machine's wake-up and network costs apart from walsync's own.
+fn tcp_floor(dir: &Path, duration: Duration) -> Samples {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let path = dir.join("floor.bin");
+    let server_path = path.clone();
+    let server = std::thread::spawn(move || {
+        let (mut sock, _) = listener.accept().unwrap();
+        sock.set_nodelay(true).unwrap();
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&server_path)
+            .unwrap();
+        let mut buf = vec![0u8; 4096 + 16];
+        loop {
+            let mut len = [0u8; 4];
+            if sock.read_exact(&mut len).is_err() {
+                return;
+            }
+            let len = u32::from_le_bytes(len) as usize;
+            sock.read_exact(&mut buf[16..16 + len]).unwrap();
+            file.write_all(&buf[..16 + len]).unwrap();
+            file.sync_data().unwrap();
+            sock.write_all(&[b'\n'; 20]).unwrap();
+        }
+    });
+    let mut sock = std::net::TcpStream::connect(addr).unwrap();
+    sock.set_nodelay(true).unwrap();
+    let mut sizes = Sizes(11);
+    let mut message = vec![0x42u8; 4 + 4096];
+    let mut answer = [0u8; 20];
+    let mut samples = Samples {
+        latencies: Vec::new(),
+        bytes: 0,
+        elapsed: duration,
+    };
+    let started = Instant::now();
+    while started.elapsed() < duration {
+        let len = sizes.next();
+        message[..4].copy_from_slice(&(len as u32).to_le_bytes());
+        let t = Instant::now();
+        sock.write_all(&message[..4 + len]).unwrap();
+        sock.read_exact(&mut answer).unwrap();
+        samples.latencies.push(t.elapsed());
+        samples.bytes += len as u64;
+    }
+    drop(sock);
+    server.join().unwrap();
+    std::fs::remove_file(path).unwrap();
+    samples
+}
+
 fn bare_concurrent(dir: &Path, writers: usize, duration: Duration) -> Samples {
     let started = Instant::now();
     let parts = std::thread::scope(|s| {
@@ -360,9 +416,11 @@ fn main() {
     // the machine and its disk are doing hits them alike.
     const ROUNDS: u32 = 20;
     let slice = duration / ROUNDS;
-    let (mut bare, mut core, mut plain, mut stream) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut bare, mut floor, mut core) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut plain, mut stream) = (Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         bare.push(bare_concurrent(&data_dir, 1, slice));
+        floor.push(tcp_floor(&data_dir, slice));
         core.push(in_process(tmp.path(), &format!("core-{round}"), slice));
         plain.push(runtime.block_on(plain_appends(&client, &format!("plain1-{round}"), 1, slice)));
         stream.push(runtime.block_on(shared_stream(&client, &format!("stream1-{round}"), 1, slice)));
@@ -371,6 +429,7 @@ fn main() {
         1,
         ("bare write+fdatasync", bare),
         vec![
+            ("floor: loopback TCP + write+fdatasync", floor),
             ("walsync core in-process (no HTTP)", core),
             ("walsync plain append", plain),
             ("walsync stream", stream),
