@@ -574,13 +574,21 @@ impl StreamConn {
         let mut changed = false;
         while acks.state.ended.is_none() {
             acks.buf.reserve(4096);
+            let room = acks.buf.capacity() - acks.buf.len();
             match self.tcp.try_read_buf(&mut acks.buf) {
                 Ok(0) => {
                     let message = "walsync closed the append stream before its end";
                     acks.end(Some(StreamFailure::transport(message)));
                     changed = true;
                 }
-                Ok(_) => changed |= acks.decode(),
+                Ok(n) => {
+                    changed |= acks.decode();
+                    // A short read took all there was: the read that would say so (EAGAIN) can
+                    // wait for the next pump, off the way from this ack to the caller.
+                    if n < room {
+                        break;
+                    }
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     acks.end(Some(StreamFailure::transport(e.to_string())));
@@ -717,6 +725,8 @@ impl WalAppendStream {
         match written {
             Ok(()) => Ok(()),
             Err(e) => {
+                // The server may have said why it closed the stream: report that if so.
+                self.conn.pump();
                 self.check()?;
                 Err(self.failure_error(&StreamFailure::transport(e.to_string())))
             }
@@ -785,8 +795,10 @@ impl WalAppendStream {
         })
     }
 
+    /// Fails if the stream is known to have ended. Does not read: a send should not pay for a
+    /// system call on its way out (acks are read by whoever waits, and by a send that finds the
+    /// socket full).
     fn check(&self) -> Result<(), ClientError> {
-        self.conn.pump();
         match &self.conn.state().ended {
             Some(Some(failure)) => Err(self.failure_error(failure)),
             Some(None) => Err(self.closed_error("the append stream has ended")),
