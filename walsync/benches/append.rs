@@ -416,15 +416,21 @@ fn main() {
     // the machine and its disk are doing hits them alike.
     const ROUNDS: u32 = 20;
     let slice = duration / ROUNDS;
-    let (mut bare, mut floor, mut core) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut plain, mut stream) = (Vec::new(), Vec::new());
+    // Each round starts with the next scenario, so none always follows the same other one.
+    let mut single: [Vec<Samples>; 5] = Default::default();
     for round in 0..ROUNDS {
-        bare.push(bare_concurrent(&data_dir, 1, slice));
-        floor.push(tcp_floor(&data_dir, slice));
-        core.push(in_process(tmp.path(), &format!("core-{round}"), slice));
-        plain.push(runtime.block_on(plain_appends(&client, &format!("plain1-{round}"), 1, slice)));
-        stream.push(runtime.block_on(shared_stream(&client, &format!("stream1-{round}"), 1, slice)));
+        for k in 0..single.len() {
+            let which = (round as usize + k) % single.len();
+            single[which].push(match which {
+                0 => bare_concurrent(&data_dir, 1, slice),
+                1 => tcp_floor(&data_dir, slice),
+                2 => in_process(tmp.path(), &format!("core-{round}"), slice),
+                3 => runtime.block_on(plain_appends(&client, &format!("plain1-{round}"), 1, slice)),
+                _ => runtime.block_on(shared_stream(&client, &format!("stream1-{round}"), 1, slice)),
+            });
+        }
     }
+    let [bare, floor, core, plain, stream] = single;
     let mut results = summarize(
         1,
         ("bare write+fdatasync", bare),
@@ -435,12 +441,18 @@ fn main() {
             ("walsync stream", stream),
         ],
     );
-    let (mut bare8, mut plain8, mut stream8) = (Vec::new(), Vec::new(), Vec::new());
+    let mut eight: [Vec<Samples>; 3] = Default::default();
     for round in 0..ROUNDS {
-        bare8.push(bare_concurrent(&data_dir, 8, slice));
-        plain8.push(runtime.block_on(plain_appends(&client, &format!("plain8-{round}"), 8, slice)));
-        stream8.push(runtime.block_on(shared_stream(&client, &format!("stream8-{round}"), 8, slice)));
+        for k in 0..eight.len() {
+            let which = (round as usize + k) % eight.len();
+            eight[which].push(match which {
+                0 => bare_concurrent(&data_dir, 8, slice),
+                1 => runtime.block_on(plain_appends(&client, &format!("plain8-{round}"), 8, slice)),
+                _ => runtime.block_on(shared_stream(&client, &format!("stream8-{round}"), 8, slice)),
+            });
+        }
     }
+    let [bare8, plain8, stream8] = eight;
     results.extend(summarize(
         8,
         ("bare write+fdatasync (file per writer)", bare8),
