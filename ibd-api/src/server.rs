@@ -172,7 +172,12 @@ pub async fn serve_threaded<S: Service>(
             .name(thread_name.to_string())
             .spawn(move || {
                 let _slot = slot;
-                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                // I/O and timers only: no signal or child-process driver to check at every park.
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_io()
+                    .enable_time()
+                    .build()
+                {
                     Ok(runtime) => runtime,
                     Err(e) => {
                         tracing::error!(%peer, error = %e, "cannot start a connection runtime");
