@@ -57,6 +57,10 @@ impl SegmentEntry {
         self.end_lsn += len;
     }
 
+    fn corrupt_bytes(&self) -> u64 {
+        self.corrupt.iter().map(|(from, to)| to - from).sum()
+    }
+
     /// Accounts for corrupt bytes up to `end_offset`, where the WAL continues at `to_lsn`.
     pub fn skip_corrupt(&mut self, to_lsn: u64, end_offset: u64) {
         self.corrupt.push((self.end_lsn, to_lsn));
@@ -84,12 +88,26 @@ pub struct ReadPiece {
 #[derive(Debug, Default, Clone)]
 pub struct WalIndex {
     segments: Vec<SegmentEntry>,
+    /// Sums over `segments`, kept as they change: the gauges read them after every commit, and a
+    /// day of retained WAL can be thousands of segments.
+    stored_bytes: u64,
+    corrupt_bytes: u64,
 }
 
 impl WalIndex {
     pub fn push(&mut self, segment: SegmentEntry) {
         debug_assert!(self.end_lsn().is_none_or(|end| end == segment.start_lsn));
+        self.stored_bytes += segment.file_len;
+        self.corrupt_bytes += segment.corrupt_bytes();
         self.segments.push(segment);
+    }
+
+    /// Accounts for a record of `len` payload bytes written at the end of the last segment.
+    pub fn note_record(&mut self, start_lsn: u64, len: u64) {
+        let last = self.segments.last_mut().expect("a segment to append to");
+        let before = last.file_len;
+        last.note_record(start_lsn, len);
+        self.stored_bytes += last.file_len - before;
     }
 
     pub fn start_lsn(&self) -> Option<u64> {
@@ -104,18 +122,13 @@ impl WalIndex {
         self.segments.last()
     }
 
-    pub fn last_mut(&mut self) -> Option<&mut SegmentEntry> {
-        self.segments.last_mut()
-    }
-
     pub fn stored_bytes(&self) -> u64 {
-        self.segments.iter().map(|s| s.file_len).sum()
+        self.stored_bytes
     }
 
     /// WAL (in LSN bytes) that is stored but corrupt.
     pub fn corrupt_bytes(&self) -> u64 {
-        let ranges = self.segments.iter().flat_map(|s| &s.corrupt);
-        ranges.map(|(from, to)| to - from).sum()
+        self.corrupt_bytes
     }
 
     /// The first corrupt range overlapping `[from, to)`.
@@ -148,7 +161,12 @@ impl WalIndex {
             .iter()
             .take_while(|s| s.end_lsn <= lsn)
             .count();
-        self.segments.drain(..n).collect()
+        let removed: Vec<_> = self.segments.drain(..n).collect();
+        for segment in &removed {
+            self.stored_bytes -= segment.file_len;
+            self.corrupt_bytes -= segment.corrupt_bytes();
+        }
+        removed
     }
 }
 
@@ -199,7 +217,9 @@ mod tests {
         let ranges: Vec<_> = pieces.iter().map(|p| (p.from, p.to)).collect();
         assert_eq!(ranges, vec![(15, 20), (20, 30), (30, 33)]);
 
+        assert_eq!(index.stored_bytes(), 20 + 10 + 5 + 4 * 16);
         assert_eq!(index.remove_before(25).len(), 1);
+        assert_eq!(index.stored_bytes(), 10 + 5 + 2 * 16);
         assert_eq!(index.start_lsn(), Some(20));
         assert_eq!(index.remove_before(u64::MAX).len(), 1);
         assert_eq!((index.start_lsn(), index.end_lsn()), (Some(30), Some(35)));

@@ -161,10 +161,7 @@ impl WalStore {
         let tail: &File = self.tail.as_ref().expect("tail segment is open");
         write_all_vectored(tail, &header, data)?;
         let mut index = self.index.write().expect("index lock");
-        index
-            .last_mut()
-            .expect("tail segment is indexed")
-            .note_record(start_lsn, data.len() as u64);
+        index.note_record(start_lsn, data.len() as u64);
         Ok(())
     }
 
