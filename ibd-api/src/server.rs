@@ -109,19 +109,7 @@ pub async fn serve<S: Service>(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = service.clone();
-        let metrics = metrics.clone();
-        let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let service = service.clone();
-            let metrics = metrics.clone();
-            async move {
-                let started = Instant::now();
-                let endpoint = service.endpoint(&req);
-                let resp = service.call(req).await;
-                metrics.observe(endpoint, resp.status(), started);
-                Ok::<_, Infallible>(resp)
-            }
-        });
+        let svc = service_fn(service.clone(), metrics.clone());
         let conn = hyper::server::conn::http1::Builder::new()
             .keep_alive(true)
             .serve_connection(TokioIo::new(stream), svc);
@@ -135,6 +123,113 @@ pub async fn serve<S: Service>(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// Like [`serve`], but every connection is served by its own thread with its own single-threaded
+/// runtime. A handler may then block (a WAL `fdatasync`) without stalling other connections, and the
+/// thread that did the work writes the answer: no hand-off between threads on the way, which is
+/// what a commit's latency is made of. At most `max_connections` are served at once; accepting
+/// waits for a free slot.
+pub async fn serve_threaded<S: Service>(
+    listener: TcpListener,
+    service: Arc<S>,
+    metrics: RequestMetrics,
+    shutdown: impl Future<Output = ()>,
+    max_connections: usize,
+    thread_name: &str,
+) -> std::io::Result<()> {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        // Leaves this runtime's poller; the connection's thread registers it with its own.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "cannot hand the connection to a thread");
+                continue;
+            }
+        };
+        let svc = service_fn(service.clone(), metrics.clone());
+        let watcher = graceful.watcher();
+        let spawned = std::thread::Builder::new()
+            .name(thread_name.to_string())
+            .spawn(move || {
+                let _slot = slot;
+                // I/O and timers only: no signal or child-process driver to check at every park.
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_io()
+                    .enable_time()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        tracing::error!(%peer, error = %e, "cannot start a connection runtime");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let stream = match tokio::net::TcpStream::from_std(stream) {
+                        Ok(stream) => stream,
+                        Err(e) => {
+                            tracing::warn!(%peer, error = %e, "cannot register the connection");
+                            return;
+                        }
+                    };
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .keep_alive(true)
+                        .serve_connection(TokioIo::new(stream), svc);
+                    if let Err(e) = watcher.watch(conn).await {
+                        log_connection_error(peer, &e);
+                    }
+                });
+            });
+        if let Err(e) = spawned {
+            tracing::error!(%peer, error = %e, "cannot start a connection thread; dropping the connection");
+        }
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// The per-request wrapper of `service`: routing, timing and counting.
+fn service_fn<S: Service>(
+    service: Arc<S>,
+    metrics: RequestMetrics,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = HttpResponse,
+    Error = Infallible,
+    Future = impl Future<Output = Result<HttpResponse, Infallible>> + Send,
+> + Clone {
+    hyper::service::service_fn(move |req: Request<Incoming>| {
+        let service = service.clone();
+        let metrics = metrics.clone();
+        async move {
+            let started = Instant::now();
+            let endpoint = service.endpoint(&req);
+            let resp = service.call(req).await;
+            metrics.observe(endpoint, resp.status(), started);
+            Ok::<_, Infallible>(resp)
+        }
+    })
 }
 
 fn log_connection_error(peer: SocketAddr, e: &hyper::Error) {
@@ -224,4 +319,72 @@ pub fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         (k == name).then_some(v)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::client::{HttpClient, RetryPolicy};
+
+    /// `/block` blocks its thread until released; anything else answers at once.
+    struct Blocking {
+        release: Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+
+    impl Service for Blocking {
+        fn endpoint(&self, _req: &Request<Incoming>) -> &'static str {
+            "test"
+        }
+
+        fn call(&self, req: Request<Incoming>) -> impl Future<Output = HttpResponse> + Send {
+            if req.uri().path() == "/block" {
+                let _ = self.release.lock().unwrap().recv();
+            }
+            async { bytes_response(StatusCode::OK, "text/plain", "done") }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_blocking_its_thread_stalls_no_other() {
+        let (release, released) = std::sync::mpsc::channel();
+        let service = Arc::new(Blocking {
+            release: Mutex::new(released),
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let metrics = RequestMetrics::register(&mut Registry::default());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_threaded(
+            listener,
+            service,
+            metrics,
+            async {
+                let _ = stopped.await;
+            },
+            8,
+            "test-conn",
+        ));
+        let client = HttpClient::new(&url, RetryPolicy::none()).unwrap();
+        let blocked = tokio::spawn({
+            let client = client.clone();
+            async move { client.get_bytes("/block").await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!blocked.is_finished());
+        // Served on its own thread while the other connection's thread is blocked.
+        let other = tokio::time::timeout(Duration::from_secs(5), client.get_bytes("/other")).await;
+        assert_eq!(&other.expect("not stalled").unwrap().body[..], b"done");
+        release.send(()).unwrap();
+        assert_eq!(&blocked.await.unwrap().unwrap().body[..], b"done");
+        drop(client);
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("shutdown finishes")
+            .unwrap()
+            .unwrap();
+    }
 }

@@ -8,17 +8,12 @@
 //! (timeline, term, LSN) and idempotent on an exact resend, so it may be sent to N nodes and
 //! counted when a majority answers.
 
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, Incoming};
-use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::client::{ClientError, HttpClient, RetryPolicy};
 use crate::error::ErrorBody;
@@ -236,31 +231,6 @@ impl FrameDecoder {
     }
 }
 
-/// An HTTP body fed from a channel: the append stream's request body.
-#[derive(Debug)]
-struct ChannelBody {
-    rx: mpsc::Receiver<Bytes>,
-}
-
-impl ChannelBody {
-    fn new(capacity: usize) -> (mpsc::Sender<Bytes>, Self) {
-        let (tx, rx) = mpsc::channel(capacity);
-        (tx, Self { rx })
-    }
-}
-
-impl Body for ChannelBody {
-    type Data = Bytes;
-    type Error = std::io::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        self.rx.poll_recv(cx).map(|m| m.map(|b| Ok(Frame::data(b))))
-    }
-}
-
 /// Typed client of one walsync node.
 #[derive(Debug, Clone)]
 pub struct WalsyncClient {
@@ -441,7 +411,7 @@ impl WalsyncClient {
     }
 }
 
-/// What the reader of a stream's acknowledgements has seen so far.
+/// What the readers of a stream's acknowledgements have seen so far.
 #[derive(Debug, Clone, Default)]
 struct StreamState {
     durable_lsn: Option<u64>,
@@ -455,14 +425,237 @@ struct StreamFailure {
     body: ErrorBody,
 }
 
+impl StreamFailure {
+    fn transport(message: impl Into<String>) -> Self {
+        Self {
+            status: None,
+            body: ErrorBody::new("transport", message),
+        }
+    }
+}
+
+/// Where the decoder of the answer's chunked body is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunked {
+    /// Expecting a chunk-size line.
+    Size,
+    /// Inside a chunk, with this many bytes of it left.
+    Data(usize),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer lines up to an empty one.
+    Trailer,
+}
+
+/// The answer's body as it arrives: chunked transfer coding around ack lines.
+#[derive(Debug)]
+struct AckReader {
+    /// Received bytes not decoded yet.
+    buf: BytesMut,
+    chunked: Chunked,
+    /// Decoded body bytes not yet split into lines.
+    lines: BytesMut,
+    state: StreamState,
+}
+
+impl AckReader {
+    /// Decodes what `buf` holds; tells whether the state changed.
+    fn decode(&mut self) -> bool {
+        let before = (self.state.durable_lsn, self.state.ended.is_some());
+        while self.state.ended.is_none() {
+            match self.chunked {
+                Chunked::Size | Chunked::Trailer => {
+                    let Some(nl) = self.buf.iter().position(|b| *b == b'\n') else {
+                        break;
+                    };
+                    let line = self.buf.split_to(nl + 1);
+                    let line = std::str::from_utf8(&line).unwrap_or("").trim();
+                    if self.chunked == Chunked::Trailer {
+                        if line.is_empty() {
+                            self.end(None);
+                        }
+                        continue;
+                    }
+                    let size = line.split(';').next().unwrap_or("");
+                    match usize::from_str_radix(size.trim(), 16) {
+                        Ok(0) => self.chunked = Chunked::Trailer,
+                        Ok(n) => self.chunked = Chunked::Data(n),
+                        Err(_) => self.fail("bad_ack", format!("bad chunk size line {line:?}")),
+                    }
+                }
+                Chunked::Data(left) => {
+                    if self.buf.is_empty() {
+                        break;
+                    }
+                    let take = left.min(self.buf.len());
+                    let data = self.buf.split_to(take);
+                    self.lines.extend_from_slice(&data);
+                    self.chunked = match left - take {
+                        0 => Chunked::DataEnd,
+                        rest => Chunked::Data(rest),
+                    };
+                    self.take_lines();
+                }
+                Chunked::DataEnd => {
+                    if self.buf.len() < 2 {
+                        break;
+                    }
+                    if &self.buf[..2] == b"\r\n" {
+                        self.buf.advance(2);
+                        self.chunked = Chunked::Size;
+                    } else {
+                        self.fail("bad_ack", "chunk data not followed by CRLF".into());
+                    }
+                }
+            }
+        }
+        before != (self.state.durable_lsn, self.state.ended.is_some())
+    }
+
+    fn take_lines(&mut self) {
+        while let Some(nl) = self.lines.iter().position(|b| *b == b'\n') {
+            let line = self.lines.split_to(nl + 1);
+            match serde_json::from_slice::<StreamAck>(&line[..nl]) {
+                Ok(StreamAck::Durable { durable_lsn }) => {
+                    self.state.durable_lsn = self.state.durable_lsn.max(Some(durable_lsn));
+                }
+                Ok(StreamAck::Failed {
+                    status,
+                    error,
+                    message,
+                }) => {
+                    self.end(Some(StreamFailure {
+                        status: StatusCode::from_u16(status).ok(),
+                        body: ErrorBody::new(error, message),
+                    }));
+                    return;
+                }
+                Err(e) => {
+                    self.fail("bad_ack", format!("undecodable ack line: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn end(&mut self, failure: Option<StreamFailure>) {
+        if self.state.ended.is_none() {
+            self.state.ended = Some(failure);
+        }
+    }
+
+    fn fail(&mut self, error: &str, message: String) {
+        self.end(Some(StreamFailure {
+            status: None,
+            body: ErrorBody::new(error, message),
+        }));
+    }
+}
+
+/// The connection of one append stream, shared by the tasks sending and waiting on it.
+#[derive(Debug)]
+struct StreamConn {
+    tcp: tokio::net::TcpStream,
+    /// Frames are written whole and in order, one writer at a time.
+    writing: tokio::sync::Mutex<()>,
+    acks: std::sync::Mutex<AckReader>,
+    /// Signalled when the state changes, so waiters another task read for look again.
+    changed: tokio::sync::Notify,
+}
+
+impl StreamConn {
+    fn acks(&self) -> std::sync::MutexGuard<'_, AckReader> {
+        self.acks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads and decodes whatever has arrived, without waiting.
+    fn pump(&self) {
+        let mut acks = self.acks();
+        let mut changed = false;
+        while acks.state.ended.is_none() {
+            acks.buf.reserve(4096);
+            let room = acks.buf.capacity() - acks.buf.len();
+            match self.tcp.try_read_buf(&mut acks.buf) {
+                Ok(0) => {
+                    let message = "walsync closed the append stream before its end";
+                    acks.end(Some(StreamFailure::transport(message)));
+                    changed = true;
+                }
+                Ok(n) => {
+                    changed |= acks.decode();
+                    // A short read took all there was: the read that would say so (EAGAIN) can
+                    // wait for the next pump, off the way from this ack to the caller.
+                    if n < room {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    acks.end(Some(StreamFailure::transport(e.to_string())));
+                    changed = true;
+                }
+            }
+        }
+        drop(acks);
+        if changed {
+            self.changed.notify_waiters();
+        }
+    }
+
+    fn state(&self) -> StreamState {
+        self.acks().state.clone()
+    }
+
+    /// Writes `bytes` whole. While the socket is full, reads acks too: the server may be waiting
+    /// for room to send them before it reads more frames.
+    async fn write_all(&self, bytes: &[u8]) -> std::io::Result<()> {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            match self.tcp.try_write(rest) {
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.pump();
+                    if let Some(Some(failure)) = &self.acks().state.ended {
+                        let message = format!("{}: {}", failure.body.error, failure.body.message);
+                        return Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, message));
+                    }
+                    tokio::select! {
+                        ready = self.tcp.writable() => ready?,
+                        ready = self.tcp.readable() => ready?,
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Marks the stream broken unless disarmed: a frame cut off by a cancelled `send` leaves the
+/// request body unparseable, so nothing more may be sent on it (dropping the stream closes it).
+struct PartialWrite<'a>(Option<&'a StreamConn>);
+
+impl Drop for PartialWrite<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0 {
+            let message = "a send was cancelled inside a frame; the stream is unusable";
+            conn.acks().end(Some(StreamFailure::transport(message)));
+            conn.changed.notify_waiters();
+        }
+    }
+}
+
 /// A long-lived append: frames go out on a chunked request body, durable-LSN acks come back on the
 /// streamed answer. Frames are pipelined: [`send`](Self::send) does not wait for durability;
 /// [`wait_durable`](Self::wait_durable) does. The stream ends at the first refused frame.
+///
+/// No task sits between the caller and the socket: `send` writes the frame itself, and whoever
+/// waits reads the acks that have arrived, so a commit costs no hand-off between threads on the
+/// client either (HTTP/1.1 is spoken directly on the connection for this one request).
 #[derive(Debug)]
 pub struct WalAppendStream {
     url: String,
-    frames: mpsc::Sender<Bytes>,
-    state: watch::Receiver<StreamState>,
+    conn: std::sync::Arc<StreamConn>,
 }
 
 impl WalAppendStream {
@@ -474,61 +667,76 @@ impl WalAppendStream {
             url: url.clone(),
             message,
         };
-        let tcp = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&authority))
-            .await
-            .map_err(|_| transport("connect timed out".into()))?
-            .map_err(|e| transport(e.to_string()))?;
-        tcp.set_nodelay(true).map_err(|e| transport(e.to_string()))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| transport(e.to_string()))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "walsync append stream connection ended");
-            }
-        });
-        let (frames, body) = ChannelBody::new(256);
-        let req = Request::builder()
-            .method(Method::POST)
-            .uri(&path)
-            .header(hyper::header::HOST, &authority)
-            .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
-            .body(body)
-            .map_err(|e| transport(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| transport(e.to_string()))?;
-        let status = resp.status();
-        if !status.is_success() {
-            let body = resp
-                .into_body()
-                .collect()
+        let mut tcp =
+            tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&authority))
                 .await
-                .map_err(|e| transport(e.to_string()))?
-                .to_bytes();
+                .map_err(|_| transport("connect timed out".into()))?
+                .map_err(|e| transport(e.to_string()))?;
+        tcp.set_nodelay(true).map_err(|e| transport(e.to_string()))?;
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: {authority}\r\ncontent-type: application/octet-stream\r\n\
+             transfer-encoding: chunked\r\n\r\n"
+        );
+        tcp.write_all(head.as_bytes())
+            .await
+            .map_err(|e| transport(e.to_string()))?;
+        let (status, body_start, mut buf) = read_response_head(&mut tcp)
+            .await
+            .map_err(|e| transport(e.to_string()))?;
+        if status != StatusCode::OK {
+            let body = read_error_body(&mut tcp, &mut buf, body_start).await;
             let body = serde_json::from_slice(&body)
                 .unwrap_or_else(|_| ErrorBody::new("http_error", String::from_utf8_lossy(&body)));
             return Err(ClientError::Status { url, status, body });
         }
-        let (state_tx, state) = watch::channel(StreamState::default());
-        tokio::spawn(read_acks(resp.into_body(), state_tx));
-        Ok(Self { url, frames, state })
+        if !body_start.chunked {
+            return Err(transport("the append stream's answer is not chunked".into()));
+        }
+        let acks = AckReader {
+            buf: buf.split_off(body_start.offset),
+            chunked: Chunked::Size,
+            lines: BytesMut::new(),
+            state: StreamState::default(),
+        };
+        let conn = std::sync::Arc::new(StreamConn {
+            tcp,
+            writing: tokio::sync::Mutex::new(()),
+            acks: std::sync::Mutex::new(acks),
+            changed: tokio::sync::Notify::new(),
+        });
+        conn.acks().decode();
+        Ok(Self { url, conn })
     }
 
-    /// Queues `data` at `start_lsn`; fails if the stream already ended.
+    /// Sends `data` at `start_lsn` (written to the connection before this returns, not waited
+    /// for); fails if the stream already ended.
     pub async fn send(&self, start_lsn: u64, data: &[u8]) -> Result<(), ClientError> {
         self.check()?;
-        if self.frames.send(encode_frame(start_lsn, data)).await.is_err() {
-            self.check()?;
-            return Err(self.closed_error("the append stream is closed"));
+        // One write per frame: chunk size line, frame, CRLF.
+        let frame_len = FRAME_HEADER_LEN + data.len();
+        let mut chunk = BytesMut::with_capacity(frame_len + 16);
+        chunk.put_slice(format!("{frame_len:x}\r\n").as_bytes());
+        chunk.put_slice(&encode_frame(start_lsn, data));
+        chunk.put_slice(b"\r\n");
+        let _writing = self.conn.writing.lock().await;
+        let mut guard = PartialWrite(Some(&self.conn));
+        let written = self.conn.write_all(&chunk).await;
+        guard.0 = None;
+        match written {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // The server may have said why it closed the stream: report that if so.
+                self.conn.pump();
+                self.check()?;
+                Err(self.failure_error(&StreamFailure::transport(e.to_string())))
+            }
         }
-        Ok(())
     }
 
-    /// The durable LSN acknowledged so far.
+    /// The durable LSN acknowledged so far (as far as acks have been read: waiting reads them).
     pub fn durable_lsn(&self) -> Option<u64> {
-        self.state.borrow().durable_lsn
+        self.conn.pump();
+        self.conn.state().durable_lsn
     }
 
     /// Waits until the durable LSN reaches `lsn`, returning it. Several tasks may wait at once.
@@ -543,26 +751,39 @@ impl WalAppendStream {
     }
 
     /// Ends the request body and waits for the server to acknowledge everything sent.
-    pub async fn finish(mut self) -> Result<Option<u64>, ClientError> {
-        // Replacing the only sender of the request body ends it.
-        self.frames = mpsc::channel(1).0;
+    pub async fn finish(self) -> Result<Option<u64>, ClientError> {
+        self.check()?;
+        {
+            let _writing = self.conn.writing.lock().await;
+            // If this fails the connection is gone; the wait below says how.
+            let _ = self.conn.write_all(b"0\r\n\r\n").await;
+        }
         self.wait_for(|_| false).await.map(|s| s.durable_lsn)
     }
 
     /// Waits until `done` holds or the stream ended (cleanly: the state is returned; with a failure:
-    /// it is returned as the error).
+    /// it is returned as the error). Reads the acks itself: no task does it for the waiters.
     async fn wait_for(&self, done: impl Fn(&StreamState) -> bool) -> Result<StreamState, ClientError> {
-        let mut state_rx = self.state.clone();
         loop {
-            let state = state_rx.borrow_and_update().clone();
+            // Registered before looking, so a change made meanwhile by another waiter wakes us.
+            let changed = self.conn.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            self.conn.pump();
+            let state = self.conn.state();
             match &state.ended {
                 Some(Some(failure)) => return Err(self.failure_error(failure)),
                 Some(None) => return Ok(state),
                 None if done(&state) => return Ok(state),
                 None => {}
             }
-            if state_rx.changed().await.is_err() && state_rx.borrow().ended.is_none() {
-                return Err(self.closed_error("the append stream's reader stopped"));
+            tokio::select! {
+                ready = self.conn.tcp.readable() => {
+                    if let Err(e) = ready {
+                        self.conn.acks().end(Some(StreamFailure::transport(e.to_string())));
+                    }
+                }
+                () = &mut changed => {}
             }
         }
     }
@@ -574,10 +795,14 @@ impl WalAppendStream {
         })
     }
 
+    /// Fails if the stream is known to have ended. Does not read: a send should not pay for a
+    /// system call on its way out (acks are read by whoever waits, and by a send that finds the
+    /// socket full).
     fn check(&self) -> Result<(), ClientError> {
-        match &self.state.borrow().ended {
+        match &self.conn.state().ended {
             Some(Some(failure)) => Err(self.failure_error(failure)),
-            _ => Ok(()),
+            Some(None) => Err(self.closed_error("the append stream has ended")),
+            None => Ok(()),
         }
     }
 
@@ -596,52 +821,65 @@ impl WalAppendStream {
     }
 }
 
-async fn read_acks(mut body: Incoming, state: watch::Sender<StreamState>) {
-    let mut pending = BytesMut::new();
-    let ended = loop {
-        match body.frame().await {
-            None => break None,
-            Some(Err(e)) => {
-                break Some(StreamFailure {
-                    status: None,
-                    body: ErrorBody::new("transport", e.to_string()),
-                })
-            }
-            Some(Ok(frame)) => {
-                let Ok(data) = frame.into_data() else { continue };
-                pending.extend_from_slice(&data);
-            }
+/// Where an answer's body starts in the bytes read, and how it is framed.
+struct BodyStart {
+    offset: usize,
+    chunked: bool,
+    content_length: Option<usize>,
+}
+
+/// Reads an answer's status line and headers (and whatever follows them).
+async fn read_response_head(
+    tcp: &mut tokio::net::TcpStream,
+) -> std::io::Result<(StatusCode, BodyStart, BytesMut)> {
+    let invalid = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        if tcp.read_buf(&mut buf).await? == 0 {
+            return Err(invalid("connection closed before the answer's head".into()));
         }
-        while let Some(nl) = pending.iter().position(|b| *b == b'\n') {
-            let line = pending.split_to(nl + 1);
-            match serde_json::from_slice::<StreamAck>(&line[..nl]) {
-                Ok(StreamAck::Durable { durable_lsn }) => {
-                    state.send_modify(|s| s.durable_lsn = Some(durable_lsn));
-                }
-                Ok(StreamAck::Failed {
-                    status,
-                    error,
-                    message,
-                }) => {
-                    let failure = StreamFailure {
-                        status: StatusCode::from_u16(status).ok(),
-                        body: ErrorBody::new(error, message),
-                    };
-                    state.send_modify(|s| s.ended = Some(Some(failure)));
-                    return;
-                }
-                Err(e) => {
-                    let failure = StreamFailure {
-                        status: None,
-                        body: ErrorBody::new("bad_ack", format!("undecodable ack line: {e}")),
-                    };
-                    state.send_modify(|s| s.ended = Some(Some(failure)));
-                    return;
-                }
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut response = httparse::Response::new(&mut headers);
+        match response.parse(&buf) {
+            Ok(httparse::Status::Complete(offset)) => {
+                let status = StatusCode::from_u16(response.code.unwrap_or(0))
+                    .map_err(|e| invalid(format!("bad status: {e}")))?;
+                let header = |name: &str| {
+                    response
+                        .headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case(name))
+                        .and_then(|h| std::str::from_utf8(h.value).ok())
+                };
+                let chunked =
+                    header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+                let content_length = header("content-length").and_then(|v| v.trim().parse().ok());
+                let start = BodyStart {
+                    offset,
+                    chunked,
+                    content_length,
+                };
+                return Ok((status, start, buf));
             }
+            Ok(httparse::Status::Partial) if buf.len() < 64 << 10 => {}
+            Ok(httparse::Status::Partial) => return Err(invalid("answer head over 64 KiB".into())),
+            Err(e) => return Err(invalid(format!("bad answer head: {e}"))),
         }
-    };
-    state.send_modify(|s| s.ended = Some(ended));
+    }
+}
+
+/// The body of an error answer (up to its length, or as much as arrives before the close).
+async fn read_error_body(tcp: &mut tokio::net::TcpStream, buf: &mut BytesMut, start: BodyStart) -> Bytes {
+    let mut body = buf.split_off(start.offset);
+    let want = start.content_length.unwrap_or(64 << 10);
+    while body.len() < want {
+        match tokio::time::timeout(Duration::from_secs(2), tcp.read_buf(&mut body)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => break,
+        }
+    }
+    body.truncate(want);
+    body.freeze()
 }
 
 #[cfg(test)]
@@ -683,6 +921,59 @@ mod tests {
         let mut dec = FrameDecoder::default();
         dec.push(&encode_frame(1, b"")[..]);
         assert!(matches!(dec.next_frame(), Err(FrameError::BadLength { .. })));
+    }
+
+    fn reader() -> AckReader {
+        AckReader {
+            buf: BytesMut::new(),
+            chunked: Chunked::Size,
+            lines: BytesMut::new(),
+            state: StreamState::default(),
+        }
+    }
+
+    #[test]
+    fn the_chunked_answer_decodes_across_arbitrary_splits() {
+        let body = concat!(
+            "14\r\n{\"durable_lsn\":100}\n\r\n",
+            "28\r\n{\"durable_lsn\":250}\n{\"durable_lsn\":250}\n\r\n",
+            "3;ext=1\r\n{\"d\r\n",
+            "11\r\nurable_lsn\":300}\n\r\n",
+            "0\r\n\r\n"
+        );
+        for split in 0..body.len() {
+            let mut r = reader();
+            for part in [&body[..split], &body[split..]] {
+                r.buf.extend_from_slice(part.as_bytes());
+                r.decode();
+            }
+            assert_eq!(r.state.durable_lsn, Some(300), "split at {split}");
+            assert!(matches!(r.state.ended, Some(None)), "split at {split}");
+        }
+
+        // An error line ends the stream with its status and code.
+        let mut r = reader();
+        let line = "{\"status\":409,\"error\":\"gap\",\"message\":\"m\"}\n";
+        r.buf.extend_from_slice(
+            format!(
+                "14\r\n{{\"durable_lsn\":100}}\n\r\n{:x}\r\n{line}\r\n",
+                line.len()
+            )
+            .as_bytes(),
+        );
+        assert!(r.decode());
+        let failure = r.state.ended.clone().unwrap().unwrap();
+        assert_eq!(
+            (failure.status, failure.body.error.as_str()),
+            (Some(StatusCode::CONFLICT), "gap")
+        );
+        assert_eq!(r.state.durable_lsn, Some(100));
+
+        // Garbage framing is a failure, not a hang.
+        let mut r = reader();
+        r.buf.extend_from_slice(b"zz\r\n");
+        r.decode();
+        assert_eq!(r.state.ended.unwrap().unwrap().body.error, "bad_ack");
     }
 
     #[test]

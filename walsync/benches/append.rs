@@ -1,6 +1,9 @@
 //! Commit-shaped appends against the real binary: one mtr of 200 B to 4 KiB, wait for the
-//! durable acknowledgement, next. Compared with a bare write + fdatasync loop on a file in the same
-//! directory, in the same run. Prints a table and writes JSON to
+//! durable acknowledgement, next; from 1 and from 8 concurrent writers. Compared with a bare
+//! write + fdatasync loop (as many writers, a file each) in the same directory, in the same run:
+//! the scenarios of each writer count take turns in short rounds, and the paired ratios are the
+//! median over rounds of the scenario against the bare loop of the same round, so drift in what
+//! else the machine and its disk are doing cancels out. Prints a table and writes JSON to
 //! `<target>/bench-results/walsync-append.json`.
 //!
 //! `cargo bench -p walsync` (set `WALSYNC_BENCH_SECS` to change the time per scenario, default 4).
@@ -32,11 +35,15 @@ struct Scenario {
     p99_us: f64,
     ops_per_sec: f64,
     mib_per_sec: f64,
-    /// p50 over the bare fdatasync loop's p50.
+    /// p50 over the p50 of the bare fdatasync loop with as many writers.
     p50_ratio_vs_fdatasync: f64,
-    /// Median over rounds of this scenario's p50 over the bare loop's p50 in the same round
-    /// (single-writer scenarios, which take turns): insensitive to the disk's speed drifting.
+    /// Median over rounds of this scenario's p50 over the bare loop's p50 in the same round:
+    /// insensitive to the disk's speed drifting.
     p50_ratio_paired: Option<f64>,
+    /// Throughput over that of the bare loop with as many writers.
+    ops_ratio_vs_fdatasync: f64,
+    /// Median over rounds of the throughput ratio in the same round.
+    ops_ratio_paired: Option<f64>,
 }
 
 struct Samples {
@@ -65,7 +72,7 @@ impl Samples {
         Self::merge(parts, elapsed)
     }
 
-    fn scenario(mut self, name: &str, writers: usize, baseline_p50_us: Option<f64>) -> Scenario {
+    fn scenario(mut self, name: &str, writers: usize, baseline: Option<&Scenario>) -> Scenario {
         assert!(!self.latencies.is_empty(), "{name}: no samples");
         self.latencies.sort_unstable();
         let pct = |p: f64| {
@@ -82,9 +89,16 @@ impl Samples {
             p99_us: pct(0.99),
             ops_per_sec: self.latencies.len() as f64 / secs,
             mib_per_sec: self.bytes as f64 / secs / (1 << 20) as f64,
-            p50_ratio_vs_fdatasync: baseline_p50_us.map_or(1.0, |b| p50 / b),
+            p50_ratio_vs_fdatasync: baseline.map_or(1.0, |b| p50 / b.p50_us),
             p50_ratio_paired: None,
+            ops_ratio_vs_fdatasync: baseline
+                .map_or(1.0, |b| self.latencies.len() as f64 / secs / b.ops_per_sec),
+            ops_ratio_paired: None,
         }
+    }
+
+    fn ops_per_sec(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
     }
 }
 
@@ -94,16 +108,51 @@ fn p50(latencies: &[Duration]) -> Duration {
     sorted[sorted.len() / 2]
 }
 
-fn paired_p50_ratio(rounds: &[Samples], bare_rounds: &[Samples]) -> Option<f64> {
+/// Median over rounds of `ratio(scenario's round, bare loop's round)`.
+fn paired(
+    rounds: &[Samples],
+    bare_rounds: &[Samples],
+    ratio: impl Fn(&Samples, &Samples) -> f64,
+) -> Option<f64> {
     let mut ratios: Vec<f64> = rounds
         .iter()
         .zip(bare_rounds)
         // A round can be empty when one setup step outlasted the whole slice (a disk stall).
         .filter(|(r, b)| !r.latencies.is_empty() && !b.latencies.is_empty())
-        .map(|(r, b)| p50(&r.latencies).as_secs_f64() / p50(&b.latencies).as_secs_f64())
+        .map(|(r, b)| ratio(r, b))
         .collect();
     ratios.sort_by(f64::total_cmp);
     ratios.get(ratios.len() / 2).copied()
+}
+
+/// Summarizes scenarios that took turns with a bare loop of as many writers, with paired ratios.
+fn summarize(
+    writers: usize,
+    (bare_name, bare_rounds): (&str, Vec<Samples>),
+    others: Vec<(&str, Vec<Samples>)>,
+) -> Vec<Scenario> {
+    let p50_ratio =
+        |r: &Samples, b: &Samples| p50(&r.latencies).as_secs_f64() / p50(&b.latencies).as_secs_f64();
+    let ops_ratio = |r: &Samples, b: &Samples| r.ops_per_sec() / b.ops_per_sec();
+    let pairs: Vec<_> = others
+        .iter()
+        .map(|(_, rounds)| {
+            (
+                paired(rounds, &bare_rounds, p50_ratio),
+                paired(rounds, &bare_rounds, ops_ratio),
+            )
+        })
+        .collect();
+    let bare = Samples::concat(bare_rounds).scenario(bare_name, writers, None);
+    let mut results = Vec::new();
+    for ((name, rounds), (p50_paired, ops_paired)) in others.into_iter().zip(pairs) {
+        let mut scenario = Samples::concat(rounds).scenario(name, writers, Some(&bare));
+        scenario.p50_ratio_paired = p50_paired;
+        scenario.ops_ratio_paired = ops_paired;
+        results.push(scenario);
+    }
+    results.insert(0, bare);
+    results
 }
 
 /// Commit sizes: a fixed pseudo-random sequence in 200..=4096 bytes.
@@ -143,6 +192,62 @@ fn bare_fdatasync_loop(dir: &Path, seed: u64, duration: Duration) -> Samples {
     samples
 }
 
+/// The least any WAL service in another process could cost: each commit goes over loopback TCP to
+/// a thread that writes it, fdatasyncs and answers, with blocking sockets (no walsync, no HTTP,
+/// no async runtime). Tells the machine's wake-up and network costs apart from walsync's own.
+fn tcp_floor(dir: &Path, duration: Duration) -> Samples {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let path = dir.join("floor.bin");
+    let server_path = path.clone();
+    let server = std::thread::spawn(move || {
+        let (mut sock, _) = listener.accept().unwrap();
+        sock.set_nodelay(true).unwrap();
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&server_path)
+            .unwrap();
+        let mut buf = vec![0u8; 4096 + 16];
+        loop {
+            let mut len = [0u8; 4];
+            if sock.read_exact(&mut len).is_err() {
+                return;
+            }
+            let len = u32::from_le_bytes(len) as usize;
+            sock.read_exact(&mut buf[16..16 + len]).unwrap();
+            file.write_all(&buf[..16 + len]).unwrap();
+            file.sync_data().unwrap();
+            sock.write_all(&[b'\n'; 20]).unwrap();
+        }
+    });
+    let mut sock = std::net::TcpStream::connect(addr).unwrap();
+    sock.set_nodelay(true).unwrap();
+    let mut sizes = Sizes(11);
+    let mut message = vec![0x42u8; 4 + 4096];
+    let mut answer = [0u8; 20];
+    let mut samples = Samples {
+        latencies: Vec::new(),
+        bytes: 0,
+        elapsed: duration,
+    };
+    let started = Instant::now();
+    while started.elapsed() < duration {
+        let len = sizes.next();
+        message[..4].copy_from_slice(&(len as u32).to_le_bytes());
+        let t = Instant::now();
+        sock.write_all(&message[..4 + len]).unwrap();
+        sock.read_exact(&mut answer).unwrap();
+        samples.latencies.push(t.elapsed());
+        samples.bytes += len as u64;
+    }
+    drop(sock);
+    server.join().unwrap();
+    std::fs::remove_file(path).unwrap();
+    samples
+}
+
 fn bare_concurrent(dir: &Path, writers: usize, duration: Duration) -> Samples {
     let started = Instant::now();
     let parts = std::thread::scope(|s| {
@@ -156,13 +261,18 @@ fn bare_concurrent(dir: &Path, writers: usize, duration: Duration) -> Samples {
 
 /// One writer per timeline, a plain append request per commit.
 async fn plain_appends(client: &WalsyncClient, name: &str, writers: usize, duration: Duration) -> Samples {
+    let mut terms = Vec::new();
+    for w in 0..writers {
+        let tl = format!("{name}-{w}");
+        terms.push((client.acquire_term(&tl, None).await.unwrap().term, tl));
+    }
     let started = Instant::now();
-    let tasks: Vec<_> = (0..writers)
-        .map(|w| {
+    let tasks: Vec<_> = terms
+        .into_iter()
+        .enumerate()
+        .map(|(w, (term, tl))| {
             let client = client.clone();
-            let tl = format!("{name}-{w}");
             tokio::spawn(async move {
-                let term = client.acquire_term(&tl, None).await.unwrap().term;
                 let mut sizes = Sizes(w as u64 + 7);
                 let mut lsn = START_LSN;
                 let mut samples = Samples {
@@ -235,9 +345,9 @@ async fn shared_stream(client: &WalsyncClient, tl: &str, writers: usize, duratio
     Samples::merge(parts, started.elapsed())
 }
 
-/// The storage core alone (timeline writer thread, group commit, fdatasync), no HTTP: splits the
+/// The storage core alone (timeline writer, group commit, fdatasync), no HTTP: splits the
 /// overhead over a bare fdatasync between storage and transport.
-async fn in_process(dir: &Path, name: &str, duration: Duration) -> Samples {
+fn in_process(dir: &Path, name: &str, duration: Duration) -> Samples {
     use walsync::storage::checkpoints::CheckpointLog;
     use walsync::storage::meta::TimelineMeta;
     use walsync::timeline::{Timeline, TimelineConfig};
@@ -252,7 +362,7 @@ async fn in_process(dir: &Path, name: &str, duration: Duration) -> Samples {
         segment_size: 16 << 20,
     };
     let tl = Timeline::open(&tl_dir, None, &config, &metrics).unwrap();
-    let term = tl.acquire_term(None).await.unwrap().term;
+    let term = tl.acquire_term(None).unwrap().term;
     let mut sizes = Sizes(3);
     let data = vec![0x77u8; 4096];
     let mut lsn = START_LSN;
@@ -265,8 +375,7 @@ async fn in_process(dir: &Path, name: &str, duration: Duration) -> Samples {
     while started.elapsed() < duration {
         let len = sizes.next();
         let t = Instant::now();
-        let chunk = bytes::Bytes::copy_from_slice(&data[..len]);
-        tl.append(term, lsn, chunk).await.unwrap();
+        tl.append(term, lsn, &data[..len]).unwrap();
         samples.latencies.push(t.elapsed());
         samples.bytes += len as u64;
         lsn += len as u64;
@@ -303,60 +412,84 @@ fn main() {
         .build()
         .unwrap();
 
-    // The single-writer scenarios take turns in short rounds, so that drift in what else the
-    // machine and its disk are doing hits them alike.
+    // The scenarios of each writer count take turns in short rounds, so that drift in what else
+    // the machine and its disk are doing hits them alike.
     const ROUNDS: u32 = 20;
     let slice = duration / ROUNDS;
-    let (mut bare, mut core, mut plain, mut stream) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // Each round starts with the next scenario, so none always follows the same other one.
+    let mut single: [Vec<Samples>; 5] = Default::default();
     for round in 0..ROUNDS {
-        bare.push(bare_concurrent(&data_dir, 1, slice));
-        core.push(runtime.block_on(in_process(tmp.path(), &format!("core-{round}"), slice)));
-        plain.push(runtime.block_on(plain_appends(&client, &format!("plain1-{round}"), 1, slice)));
-        stream.push(runtime.block_on(shared_stream(&client, &format!("stream1-{round}"), 1, slice)));
+        for k in 0..single.len() {
+            let which = (round as usize + k) % single.len();
+            single[which].push(match which {
+                0 => bare_concurrent(&data_dir, 1, slice),
+                1 => tcp_floor(&data_dir, slice),
+                2 => in_process(tmp.path(), &format!("core-{round}"), slice),
+                3 => runtime.block_on(plain_appends(&client, &format!("plain1-{round}"), 1, slice)),
+                _ => runtime.block_on(shared_stream(&client, &format!("stream1-{round}"), 1, slice)),
+            });
+        }
     }
-    let paired = [core.as_slice(), &plain, &stream].map(|rounds| paired_p50_ratio(rounds, &bare));
-    let bare = Samples::concat(bare).scenario("bare write+fdatasync", 1, None);
-    let baseline = Some(bare.p50_us);
-    let mut results = vec![
-        bare,
-        Samples::concat(core).scenario("walsync core in-process (no HTTP)", 1, baseline),
-        Samples::concat(plain).scenario("walsync plain append", 1, baseline),
-        Samples::concat(stream).scenario("walsync stream", 1, baseline),
-    ];
-    for (result, paired) in results[1..].iter_mut().zip(paired) {
-        result.p50_ratio_paired = paired;
+    let [bare, floor, core, plain, stream] = single;
+    let mut results = summarize(
+        1,
+        ("bare write+fdatasync", bare),
+        vec![
+            ("floor: loopback TCP + write+fdatasync", floor),
+            ("walsync core in-process (no HTTP)", core),
+            ("walsync plain append", plain),
+            ("walsync stream", stream),
+        ],
+    );
+    let mut eight: [Vec<Samples>; 3] = Default::default();
+    for round in 0..ROUNDS {
+        for k in 0..eight.len() {
+            let which = (round as usize + k) % eight.len();
+            eight[which].push(match which {
+                0 => bare_concurrent(&data_dir, 8, slice),
+                1 => runtime.block_on(plain_appends(&client, &format!("plain8-{round}"), 8, slice)),
+                _ => runtime.block_on(shared_stream(&client, &format!("stream8-{round}"), 8, slice)),
+            });
+        }
     }
-    let bare8 = bare_concurrent(&data_dir, 8, duration);
-    results.push(bare8.scenario("bare write+fdatasync (file per writer)", 8, baseline));
-    let plain8 = runtime.block_on(plain_appends(&client, "plain8", 8, duration));
-    results.push(plain8.scenario("walsync plain append (timeline per writer)", 8, baseline));
-    let stream8 = runtime.block_on(shared_stream(&client, "stream8", 8, duration));
-    results.push(stream8.scenario("walsync stream (one timeline, shared)", 8, baseline));
+    let [bare8, plain8, stream8] = eight;
+    results.extend(summarize(
+        8,
+        ("bare write+fdatasync (file per writer)", bare8),
+        vec![
+            ("walsync plain append (timeline per writer)", plain8),
+            ("walsync stream (one timeline, shared)", stream8),
+        ],
+    ));
 
     println!(
-        "{:<45} {:>7} {:>8} {:>9} {:>9} {:>9} {:>8} {:>7} {:>8}",
-        "scenario", "writers", "ops", "p50 us", "p99 us", "ops/s", "MiB/s", "p50 x", "paired x"
+        "{:<45} {:>7} {:>7} {:>8} {:>8} {:>8} {:>6} {:>8} {:>6} {:>8}",
+        "scenario", "writers", "ops", "p50 us", "p99 us", "ops/s", "p50 x", "paired", "ops x", "paired"
     );
+    let ratio = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.2}"));
     for r in &results {
-        let paired = r.p50_ratio_paired.map_or("-".to_string(), |p| format!("{p:.2}"));
         println!(
-            "{:<45} {:>7} {:>8} {:>9.0} {:>9.0} {:>9.0} {:>8.2} {:>7.2} {:>8}",
+            "{:<45} {:>7} {:>7} {:>8.0} {:>8.0} {:>8.0} {:>6.2} {:>8} {:>6.2} {:>8}",
             r.name,
             r.writers,
             r.ops,
             r.p50_us,
             r.p99_us,
             r.ops_per_sec,
-            r.mib_per_sec,
             r.p50_ratio_vs_fdatasync,
-            paired
+            ratio(r.p50_ratio_paired),
+            r.ops_ratio_vs_fdatasync,
+            ratio(r.ops_ratio_paired),
         );
     }
     let path = target_dir().join("bench-results").join("walsync-append.json");
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("load average at the end: {}", load.trim());
     let json = serde_json::json!({
         "benchmark": "walsync-append",
         "seconds_per_scenario": secs,
+        "loadavg_at_end": load.trim(),
         "data_dir": base.display().to_string(),
         "scenarios": results,
     });

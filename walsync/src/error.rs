@@ -22,10 +22,23 @@ pub enum WalError {
         "WAL below LSN {start} is not stored: removed by retention or never written here (asked from {from})"
     )]
     Removed { from: u64, start: u64 },
+    #[error(
+        "a branch at LSN {lsn} needs WAL from LSN {needed_from} (the checkpoint it recovers from, \
+         else the branch LSN), but this timeline's WAL is stored only from LSN {start} (removed by \
+         retention or never written here)"
+    )]
+    BranchBelowWal { lsn: u64, needed_from: u64, start: u64 },
+    #[error(
+        "recovery to LSN {target} starts at its checkpoint, LSN {from}, but the WAL is stored \
+         only from LSN {start} (removed by retention or never written here)"
+    )]
+    RecoveryWalMissing { target: u64, from: u64, start: u64 },
     #[error("{0}")]
     NoRecoveryPoint(String),
     #[error("timeline {0:?} exists with another parent")]
     Exists(String),
+    #[error("{0}")]
+    Corrupt(String),
     #[error("storage failed: {0}")]
     Io(#[from] std::io::Error),
     #[error("timeline is read-only after a storage failure ({0}); restart walsync")]
@@ -44,9 +57,12 @@ impl WalError {
             WalError::Gap { .. } => "gap",
             WalError::OverlapMismatch { .. } => "overlap_mismatch",
             WalError::NotDurable { .. } => "not_durable",
-            WalError::Removed { .. } => "wal_removed",
+            WalError::Removed { .. }
+            | WalError::BranchBelowWal { .. }
+            | WalError::RecoveryWalMissing { .. } => "wal_removed",
             WalError::NoRecoveryPoint(_) => "no_recovery_point",
             WalError::Exists(_) => "exists",
+            WalError::Corrupt(_) => "wal_corrupt",
             WalError::Io(_) => "storage_error",
             WalError::Failed(_) => "storage_failed",
         }
@@ -62,9 +78,11 @@ impl WalError {
             | WalError::Gap { .. }
             | WalError::OverlapMismatch { .. }
             | WalError::Exists(_) => 409,
-            WalError::Removed { .. } => 410,
+            WalError::Removed { .. }
+            | WalError::BranchBelowWal { .. }
+            | WalError::RecoveryWalMissing { .. } => 410,
             WalError::NotDurable { .. } => 416,
-            WalError::Io(_) => 500,
+            WalError::Corrupt(_) | WalError::Io(_) => 500,
             WalError::Failed(_) => 503,
         }
     }

@@ -1,5 +1,10 @@
 //! The HTTP API (documented in `docs/api.md`): routing and parameter parsing. The append stream
 //! lives in [`crate::stream`], everything else in [`Timeline`].
+//!
+//! Handlers call the timelines' blocking operations (file I/O, fdatasync, waiting for a group
+//! commit) directly: the service is served with [`ibd_api::server::serve_threaded`], where every
+//! connection has its own thread, so blocking one stalls nothing else and the thread that made a
+//! commit durable writes its answer.
 
 use std::sync::Arc;
 
@@ -171,18 +176,14 @@ impl WalsyncService {
 
     async fn create_timeline(&self, id: &str, req: Request<Incoming>) -> Answer {
         let request: CreateTimelineRequest = read_optional_json(req).await?;
-        let timelines = self.timelines.clone();
-        let id = id.to_string();
-        let tl = blocking(move || timelines.create(&id, request.parent)).await?;
+        let tl = self.timelines.create(id, request.parent)?;
         Ok(json_response(StatusCode::OK, &tl.status()))
     }
 
     async fn acquire_term(&self, id: &str, req: Request<Incoming>) -> Answer {
         let request: AcquireTermRequest = read_optional_json(req).await?;
-        let timelines = self.timelines.clone();
-        let id = id.to_string();
-        let tl = blocking(move || timelines.get_or_create(&id)).await?;
-        let granted = tl.acquire_term(request.term).await?;
+        let tl = self.timelines.get_or_create(id)?;
+        let granted = tl.acquire_term(request.term)?;
         Ok(json_response(StatusCode::OK, &granted))
     }
 
@@ -199,7 +200,7 @@ impl WalsyncService {
             ))
             .into());
         }
-        let durable_lsn = tl.append(term, start_lsn, data).await?;
+        let durable_lsn = tl.append(term, start_lsn, &data)?;
         Ok(json_response(StatusCode::OK, &AppendResponse { durable_lsn }))
     }
 
@@ -207,7 +208,7 @@ impl WalsyncService {
         let tl = self.timeline(id)?;
         let from = u64_param(req, "from")?;
         let to = u64_param(req, "to")?;
-        let bytes = blocking(move || tl.read(from, to)).await?;
+        let bytes = tl.read(from, to)?;
         // End to end: the reader checks this against what it received.
         let crc = hyper::header::HeaderValue::from_str(&format!("{:08x}", ibd_api::crc32c(&bytes)))
             .expect("hex digits are a valid header value");
@@ -220,7 +221,7 @@ impl WalsyncService {
         let tl = self.timeline(id)?;
         let term = u64_param(&req, "term")?;
         let geometry: Geometry = read_json(req, JSON_LIMIT).await?;
-        let record = tl.set_geometry(term, geometry).await?;
+        let record = tl.set_geometry(term, geometry)?;
         Ok(json_response(StatusCode::OK, &record))
     }
 
@@ -228,7 +229,7 @@ impl WalsyncService {
         let tl = self.timeline(id)?;
         let term = u64_param(&req, "term")?;
         let checkpoint: Checkpoint = read_json(req, JSON_LIMIT).await?;
-        let record = tl.add_checkpoint(term, checkpoint).await?;
+        let record = tl.add_checkpoint(term, checkpoint)?;
         Ok(json_response(StatusCode::OK, &record))
     }
 
@@ -247,7 +248,7 @@ impl WalsyncService {
         let tl = self.timeline(id)?;
         let term = u64_param(&req, "term")?;
         // Refuse a stale writer with a plain 409 before the stream starts; each frame is checked
-        // again by the writer thread.
+        // again under the writer lock.
         tl.check_term(term)?;
         let body = AppendStream::new(tl, term, req.into_body());
         Ok(Response::builder()
@@ -264,15 +265,6 @@ fn wal_error(e: WalError) -> HttpResponse {
         tracing::error!(error = %e, "request failed");
     }
     error_response(status, e.code(), e.to_string())
-}
-
-/// Runs blocking timeline work (file I/O) off the async threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, WalError> + Send + 'static,
-) -> Result<T, WalError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(WalError::Failed(format!("blocking task failed: {e}"))))
 }
 
 /// A JSON body that may be left out (then the type's default).

@@ -7,12 +7,16 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use ibd_api::server::{serve, RequestMetrics};
+use ibd_api::server::{serve_threaded, RequestMetrics};
 use prometheus_client::registry::Registry;
 use walsync::http::WalsyncService;
 use walsync::metrics::Metrics;
 use walsync::timeline::TimelineConfig;
 use walsync::timelines::Timelines;
+
+/// Connections served at once (one thread each); clients keep a few each (a mount: one append
+/// stream or a small keep-alive pool), so this bounds threads, not clients.
+const MAX_CONNECTIONS: usize = 1024;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -47,9 +51,8 @@ fn main() -> anyhow::Result<()> {
         )
         .init();
     let args = Args::parse();
-    // One thread serves HTTP: the work per request is small (fsyncs run on each timeline's writer
-    // thread, file reads on the blocking pool), and every extra thread hand-off adds to the
-    // latency of a commit.
+    // This runtime only accepts connections, runs retention and waits for signals: each connection
+    // is served by its own thread (see `serve_threaded`).
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -98,9 +101,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     });
     let mut stopped = stop_rx.clone();
-    let server = serve(listener, service, request_metrics, async move {
-        let _ = stopped.wait_for(|s| *s).await;
-    });
+    let server = serve_threaded(
+        listener,
+        service,
+        request_metrics,
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        },
+        MAX_CONNECTIONS,
+        "walsync-conn",
+    );
     // Append streams are long-lived: give them a moment after the signal, then stop anyway. Every
     // acknowledged byte is already durable, so cutting a stream loses nothing acknowledged.
     let mut signalled = stop_rx;

@@ -19,7 +19,7 @@ pub struct ReasonLabel {
 
 #[derive(Clone)]
 pub struct Metrics {
-    /// From an append's arrival at the writer to its acknowledgement (durable).
+    /// From an append (or a stream's batch) reaching its timeline to its being durable.
     pub append_latency: Histogram,
     pub fsync_latency: Histogram,
     /// Appends made durable by one fdatasync (group commit).
@@ -28,11 +28,16 @@ pub struct Metrics {
     pub appends: Counter,
     pub rejected_appends: Family<ReasonLabel, Counter>,
     pub torn_tails_truncated: Counter,
+    /// Corrupt WAL ranges found: at start (invalid bytes with valid WAL after them) or by the
+    /// CRC check of a read.
+    pub corrupt_wal_found: Counter,
     pub removed_bytes: Counter,
     pub durable_lsn: Family<TimelineLabel, Gauge>,
     /// Durable LSN minus the latest checkpoint LSN: how much redo a recovery would replay.
     pub checkpoint_lag_bytes: Family<TimelineLabel, Gauge>,
     pub stored_bytes: Family<TimelineLabel, Gauge>,
+    /// Stored WAL known corrupt (refused to readers), in LSN bytes.
+    pub corrupt_wal_bytes: Family<TimelineLabel, Gauge>,
 }
 
 impl Metrics {
@@ -46,15 +51,17 @@ impl Metrics {
             appends: Counter::default(),
             rejected_appends: Family::default(),
             torn_tails_truncated: Counter::default(),
+            corrupt_wal_found: Counter::default(),
             removed_bytes: Counter::default(),
             durable_lsn: Family::default(),
             checkpoint_lag_bytes: Family::default(),
             stored_bytes: Family::default(),
+            corrupt_wal_bytes: Family::default(),
         };
         let m = metrics.clone();
         registry.register(
             "append_latency_seconds",
-            "Time from an append reaching the writer to its durable acknowledgement",
+            "Time from an append reaching its timeline to its being durable",
             m.append_latency,
         );
         registry.register(
@@ -79,6 +86,11 @@ impl Metrics {
             "Torn segment tails cut off at start",
             m.torn_tails_truncated,
         );
+        registry.register(
+            "corrupt_wal_found",
+            "Corrupt WAL ranges found, at start or by a read's CRC check",
+            m.corrupt_wal_found,
+        );
         registry.register("removed_bytes", "WAL bytes removed by retention", m.removed_bytes);
         registry.register("durable_lsn", "Durable end LSN per timeline", m.durable_lsn);
         registry.register(
@@ -87,6 +99,11 @@ impl Metrics {
             m.checkpoint_lag_bytes,
         );
         registry.register("stored_bytes", "WAL bytes on disk per timeline", m.stored_bytes);
+        registry.register(
+            "corrupt_wal_bytes",
+            "Stored WAL known corrupt and refused to readers, per timeline",
+            m.corrupt_wal_bytes,
+        );
         metrics
     }
 

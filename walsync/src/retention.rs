@@ -25,12 +25,18 @@ pub fn keep_from(meta: &TimelineMeta, window_start_ms: u64, branch_lsns: &[u64])
     Some(keep)
 }
 
-/// One retention pass over every timeline.
-pub async fn enforce(timelines: &Timelines, window: Duration) {
+/// One retention pass over every timeline. Blocking.
+pub fn enforce(timelines: &Timelines, window: Duration) {
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    let window_start_ms = now_ms.saturating_sub(window.as_millis() as u64);
+    enforce_from(timelines, now_ms.saturating_sub(window.as_millis() as u64));
+}
+
+/// A retention pass keeping what is needed to recover to any point since `window_start_ms`.
+fn enforce_from(timelines: &Timelines, window_start_ms: u64) {
+    // No branch may be created between deciding what a parent keeps and removing the rest.
+    let _topology = timelines.lock_topology();
     let all = timelines.list();
     for tl in &all {
         let branch_lsns: Vec<u64> = all
@@ -41,7 +47,11 @@ pub async fn enforce(timelines: &Timelines, window: Duration) {
         let Some(lsn) = tl.with_meta(|m| keep_from(m, window_start_ms, &branch_lsns)) else {
             continue;
         };
-        if let Err(e) = tl.remove_before(lsn).await {
+        #[cfg(test)]
+        if let Some(hook) = &*timelines.before_removal.lock().unwrap() {
+            hook();
+        }
+        if let Err(e) = tl.remove_before(lsn) {
             tracing::warn!(timeline = tl.id(), error = %e, "retention failed");
         }
     }
@@ -53,15 +63,149 @@ pub async fn run(timelines: Arc<Timelines>, window: Duration, interval: Duration
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        enforce(&timelines, window).await;
+        let timelines = timelines.clone();
+        // Removing files blocks; the runtime's thread accepts connections.
+        if let Err(e) = tokio::task::spawn_blocking(move || enforce(&timelines, window)).await {
+            tracing::error!(error = %e, "retention pass panicked");
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use ibd_api::walsync::{Checkpoint, CheckpointRecord};
+    use std::sync::mpsc;
+
+    use ibd_api::walsync::{BranchPoint, Checkpoint, CheckpointRecord};
+    use prometheus_client::registry::Registry;
 
     use super::*;
+    use crate::error::WalError;
+    use crate::metrics::Metrics;
+    use crate::timeline::TimelineConfig;
+
+    /// A parent with WAL [100000, 160000) in 4 KiB segments and checkpoints at 105000 and 150000.
+    fn parent_with_checkpoints(dir: &std::path::Path) -> Arc<Timelines> {
+        let metrics = Metrics::register(&mut Registry::default());
+        let config = TimelineConfig { segment_size: 4096 };
+        let timelines = Arc::new(Timelines::open(dir, config, metrics).unwrap());
+        let tl = timelines.get_or_create("parent").unwrap();
+        let term = tl.acquire_term(None).unwrap().term;
+        let geometry = ibd_api::walsync::Geometry {
+            first_lsn: 12288,
+            file_size: 96 << 20,
+            creator: "MariaDB 10.11.19".into(),
+            at_lsn: 12288,
+        };
+        tl.set_geometry(term, geometry).unwrap();
+        for lsn in (100_000..160_000).step_by(1000) {
+            tl.append(term, lsn, &[lsn as u8; 1000]).unwrap();
+            if lsn == 110_000 || lsn == 155_000 {
+                let checkpoint_lsn = lsn - 5000;
+                let checkpoint = Checkpoint {
+                    checkpoint_lsn,
+                    end_lsn: checkpoint_lsn + 100,
+                };
+                tl.add_checkpoint(term, checkpoint).unwrap();
+            }
+        }
+        timelines
+    }
+
+    fn branch(lsn: u64) -> Option<BranchPoint> {
+        Some(BranchPoint {
+            timeline_id: "parent".into(),
+            lsn,
+        })
+    }
+
+    fn later_than_every_checkpoint() -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64 + 60_000
+    }
+
+    #[test]
+    fn a_branch_created_during_a_retention_pass_keeps_its_wal_or_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let timelines = parent_with_checkpoints(dir.path());
+        // Between deciding (keep from 150000: no branch yet) and removing, a branch at 120000
+        // is requested: it recovers from the checkpoint at 105000.
+        let (done_tx, done) = mpsc::channel();
+        let creator = timelines.clone();
+        *timelines.before_removal.lock().unwrap() = Some(Box::new(move || {
+            let (creator, done_tx) = (creator.clone(), done_tx.clone());
+            std::thread::spawn(move || {
+                let _ = done_tx.send(creator.create("child", branch(120_000)));
+            });
+            // Time for the creation to finish if nothing holds it back.
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }));
+        enforce_from(&timelines, later_than_every_checkpoint());
+        *timelines.before_removal.lock().unwrap() = None;
+
+        let parent = timelines.get("parent").unwrap();
+        let start = parent.status().wal_start_lsn.unwrap();
+        assert!(
+            start > 105_000,
+            "the pass removed the WAL a branch at 120000 needs: {start}"
+        );
+        match done.recv().unwrap() {
+            // Created after the pass: refused, the WAL it needs is gone.
+            Err(e) => assert_eq!((e.code(), e.http_status()), ("wal_removed", 410), "{e}"),
+            // Created before the removal: the removal must have kept its WAL.
+            Ok(child) => {
+                child
+                    .read(105_000, 120_000)
+                    .expect("the branch's WAL survived retention");
+            }
+        }
+    }
+
+    #[test]
+    fn a_branch_whose_parent_lost_its_wal_gets_no_recovery_plan() {
+        let dir = tempfile::tempdir().unwrap();
+        let timelines = parent_with_checkpoints(dir.path());
+        let child = timelines.create("child", branch(120_000)).unwrap();
+        let plan = child.recovery_plan(None).unwrap();
+        assert_eq!((plan.wal_from, plan.wal_to), (105_000, 120_000));
+        // WAL the branch recovers from disappears from the parent (retention keeps it; this
+        // stands for it being lost another way).
+        timelines.get("parent").unwrap().remove_before(150_000).unwrap();
+        let err = child.recovery_plan(None).unwrap_err();
+        assert_eq!((err.code(), err.http_status()), ("wal_removed", 410), "{err}");
+    }
+
+    #[test]
+    fn branch_points_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let timelines = parent_with_checkpoints(dir.path());
+        let beyond = timelines.create("beyond", branch(160_001)).unwrap_err();
+        assert_eq!((beyond.code(), beyond.http_status()), ("bad_request", 400));
+        timelines.create("early", branch(120_000)).unwrap();
+        enforce_from(&timelines, later_than_every_checkpoint());
+        // The early branch held the parent's WAL from 105000 back; without it, it goes.
+        let parent = timelines.get("parent").unwrap();
+        assert!(parent.status().wal_start_lsn.unwrap() <= 105_000);
+        timelines.get("early").unwrap().read(105_000, 120_000).unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let timelines = parent_with_checkpoints(dir.path());
+        enforce_from(&timelines, later_than_every_checkpoint());
+        let start = timelines.get("parent").unwrap().status().wal_start_lsn.unwrap();
+        assert!((140_000..=150_000).contains(&start), "{start}");
+        // Its checkpoint (105000) and WAL are gone.
+        let refused = timelines.create("late", branch(120_000)).unwrap_err();
+        assert_eq!((refused.code(), refused.http_status()), ("wal_removed", 410));
+        assert!(
+            matches!(refused, WalError::BranchBelowWal { lsn: 120_000, .. }),
+            "{refused}"
+        );
+        assert!(
+            timelines.get("late").is_err(),
+            "a refused branch leaves nothing behind"
+        );
+        // Recovers from 150000, which is kept.
+        let ok = timelines.create("ok", branch(158_000)).unwrap();
+        assert_eq!(ok.read(150_000, 158_000).unwrap().len(), 8000);
+    }
 
     fn meta_with(checkpoints: &[(u64, u64, u64)]) -> TimelineMeta {
         let mut meta = TimelineMeta::new("tl", None);

@@ -1,36 +1,39 @@
 //! The append stream (`POST /v1/timelines/{tl}/wal/stream`): WAL frames in on the request body,
 //! one durable-LSN ack line per frame out on the answer.
 
-use std::collections::VecDeque;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming};
-use ibd_api::walsync::{FrameDecoder, FrameError, StreamAck};
-use tokio::sync::oneshot;
+use ibd_api::walsync::{FrameDecoder, FrameError, StreamAck, WalFrame};
 
 use crate::error::WalError;
 use crate::timeline::Timeline;
 
-/// Frames of one stream submitted to the writer and not yet acknowledged, at most. Past it the
-/// request body is not read, so TCP pushes back on the client.
-const STREAM_WINDOW: usize = 1024;
+/// Frames applied with one group commit, at most; more wait for the next.
+const MAX_BATCH_FRAMES: usize = 1024;
+const MAX_BATCH_BYTES: usize = 32 << 20;
+/// See `poll_frame`.
+const IDLE_POLLS_BEFORE_COMMIT: u32 = 2;
 
-/// One append stream, driven entirely by the connection polling the answer's body: it reads frames
-/// from the request body, submits them to the timeline's writer, and yields an ack line per frame
-/// in order (the lines ready together as one chunk). No task in between: a reply from the writer
-/// wakes the connection, which writes the ack. Ends after the first refusal, or once the request
-/// body ended and every frame is acknowledged.
+/// One append stream, driven entirely by the connection's own thread polling the answer's body:
+/// it takes every frame that has arrived, appends them with one group commit (blocking this
+/// thread, which serves only this connection), and yields their ack lines as one chunk. Meanwhile
+/// the next frames wait in the socket: TCP pushes back on a client that runs ahead. Ends after the
+/// first refusal, or once the request body ended and every frame is acknowledged.
 pub struct AppendStream {
     tl: Arc<Timeline>,
     term: u64,
     request: Incoming,
     request_done: bool,
     decoder: FrameDecoder,
-    waiting: VecDeque<oneshot::Receiver<Result<u64, WalError>>>,
+    /// Frames taken for the next group commit.
+    batch: Vec<WalFrame>,
+    batch_bytes: usize,
+    /// Polls in a row that brought no frame while a batch was waiting.
+    idle_polls: u32,
     /// Why the stream stops taking frames; sent after the acks of the frames before it.
     refusal: Option<WalError>,
     finished: bool,
@@ -44,32 +47,38 @@ impl AppendStream {
             request,
             request_done: false,
             decoder: FrameDecoder::default(),
-            waiting: VecDeque::new(),
+            batch: Vec::new(),
+            batch_bytes: 0,
+            idle_polls: 0,
             refusal: None,
             finished: false,
         }
     }
 
-    /// Submits every complete frame, reading more of the request while the window allows.
-    fn take_frames(&mut self, cx: &mut Context<'_>) {
-        while self.refusal.is_none() && self.waiting.len() < STREAM_WINDOW {
+    fn batch_full(&self) -> bool {
+        self.batch.len() >= MAX_BATCH_FRAMES || self.batch_bytes >= MAX_BATCH_BYTES
+    }
+
+    /// Adds the complete frames that have arrived to the batch (reading the request until it has
+    /// no more ready, or the batch is full); tells whether it added any.
+    fn take_frames(&mut self, cx: &mut Context<'_>) -> bool {
+        let before = self.batch.len();
+        while self.refusal.is_none() && !self.batch_full() {
             match self.decoder.next_frame() {
                 Ok(Some(frame)) => {
-                    match self.tl.submit_append(self.term, frame.start_lsn, frame.data) {
-                        Ok(reply) => self.waiting.push_back(reply),
-                        Err(e) => self.refusal = Some(e),
-                    }
+                    self.batch_bytes += frame.data.len();
+                    self.batch.push(frame);
                     continue;
                 }
                 Err(e @ FrameError::CrcMismatch { .. }) => {
                     self.refusal = Some(WalError::CrcMismatch(e.to_string()));
-                    return;
+                    break;
                 }
                 Err(e @ FrameError::BadLength { .. }) => {
                     self.refusal = Some(WalError::BadRequest(e.to_string()));
-                    return;
+                    break;
                 }
-                Ok(None) if self.request_done => return,
+                Ok(None) if self.request_done => break,
                 Ok(None) => {}
             }
             match Pin::new(&mut self.request).poll_frame(cx) {
@@ -80,6 +89,7 @@ impl AppendStream {
                 }
                 Poll::Ready(None) => {
                     self.request_done = true;
+                    // Complete frames were taken before polling: what is left is a partial one.
                     if self.decoder.buffered() > 0 {
                         let message = format!(
                             "stream ended inside a frame ({} bytes buffered)",
@@ -89,15 +99,17 @@ impl AppendStream {
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    // The client went away: nothing to answer to.
+                    // The client went away: nothing to answer to, and nothing more to append.
                     tracing::debug!(timeline = self.tl.id(), error = %e, "append stream request ended");
                     self.request_done = true;
                     self.finished = true;
-                    return;
+                    self.batch.clear();
+                    break;
                 }
-                Poll::Pending => return,
+                Poll::Pending => break,
             }
         }
+        self.batch.len() > before
     }
 }
 
@@ -110,35 +122,59 @@ impl Body for AppendStream {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         let this = &mut *self;
+        if this.finished {
+            return Poll::Ready(None);
+        }
+        if this.take_frames(cx) {
+            this.idle_polls = 0;
+        } else if !this.batch.is_empty() {
+            this.idle_polls += 1;
+        }
+        let more_may_come = !this.request_done && this.refusal.is_none() && !this.batch_full();
+        if !this.batch.is_empty() && more_may_come && this.idle_polls < IDLE_POLLS_BEFORE_COMMIT {
+            // hyper hands the request over one chunk (one frame, from our client) per round of
+            // its connection task, and polls this body twice a round: what it has already read
+            // is all taken once two polls in a row bring nothing. Come straight back until then.
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         let mut lines = Vec::new();
-        while !this.finished {
-            this.take_frames(cx);
-            let Some(reply) = this.waiting.front_mut() else {
-                if let Some(e) = this.refusal.take() {
+        if !this.batch.is_empty() {
+            this.idle_polls = 0;
+            let frames = std::mem::take(&mut this.batch);
+            this.batch_bytes = 0;
+            let outcome = this.tl.append_batch(this.term, &frames);
+            match outcome.durable {
+                Some(Ok(durable_lsn)) => {
+                    for _ in 0..outcome.accepted {
+                        push_line(&mut lines, &StreamAck::Durable { durable_lsn });
+                    }
+                }
+                Some(Err(e)) => {
                     push_line(&mut lines, &stream_error(&e));
                     this.finished = true;
-                } else if this.request_done {
-                    this.finished = true;
                 }
-                break;
-            };
-            let ack = match Pin::new(reply).poll(cx) {
-                Poll::Pending => break,
-                Poll::Ready(Ok(Ok(durable_lsn))) => StreamAck::Durable { durable_lsn },
-                Poll::Ready(Ok(Err(e))) => stream_error(&e),
-                Poll::Ready(Err(_)) => {
-                    stream_error(&WalError::Failed("the timeline's writer has stopped".into()))
-                }
-            };
-            this.waiting.pop_front();
-            this.finished = matches!(ack, StreamAck::Failed { .. });
-            push_line(&mut lines, &ack);
+                None => {}
+            }
+            if let Some(e) = outcome.refused.filter(|_| !this.finished) {
+                push_line(&mut lines, &stream_error(&e));
+                this.finished = true;
+            }
+        }
+        if !this.finished {
+            if let Some(e) = this.refusal.take() {
+                push_line(&mut lines, &stream_error(&e));
+                this.finished = true;
+            } else if this.request_done && this.decoder.buffered() == 0 {
+                this.finished = true;
+            }
         }
         if !lines.is_empty() {
             Poll::Ready(Some(Ok(Frame::data(lines.into()))))
         } else if this.finished {
             Poll::Ready(None)
         } else {
+            // `take_frames` read the request until it was pending: its waker is registered.
             Poll::Pending
         }
     }

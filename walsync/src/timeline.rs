@@ -1,26 +1,28 @@
-//! One timeline: its WAL store, its metadata, and the writer thread that serializes every change.
+//! One timeline: its WAL store, its metadata, and the writer that serializes every change.
 //!
-//! All mutations (appends, terms, geometry, checkpoints, retention) go through one channel to one
-//! thread, so the checks "continues at the end" and "carries the current term" are made against the
-//! state the change will be applied to, even with pipelined appends from a stream. The thread
-//! group-commits: it writes every queued append, issues one `fdatasync`, then acknowledges them
-//! all. Reads do not go through the thread; they see the durable LSN and the segment index.
+//! All mutations (appends, terms, geometry, checkpoints, retention) take the timeline's writer
+//! lock, so the checks "continues at the end" and "carries the current term" are made against the
+//! state the change is applied to. They run on the caller's thread (each connection has its own):
+//! no hand-off to another thread and back on the way of a commit. Appends are group-committed:
+//! an appender writes its record under the lock, then either finds it already durable, waits for
+//! the fdatasync in progress, or (if none is) leads one itself, outside the lock, covering every
+//! record written so far; writers that arrive meanwhile join the next. Reads do not take the
+//! writer lock; they see the durable LSN and the segment index.
 
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
-use bytes::Bytes;
 use ibd_api::walsync::{
     Checkpoint, CheckpointRecord, Geometry, GeometryRecord, RecoveryPlan, TermResponse, TimelineStatus,
+    WalFrame,
 };
-use tokio::sync::{mpsc, oneshot};
 
 use crate::error::WalError;
 use crate::metrics::Metrics;
 use crate::storage::checkpoints::CheckpointLog;
 use crate::storage::meta::TimelineMeta;
-use crate::storage::wal::{WalReader, WalStore};
+use crate::storage::wal::{KnownCorrupt, WalReader, WalStore};
 
 mod writer;
 use writer::Writer;
@@ -34,43 +36,7 @@ pub struct TimelineConfig {
     pub segment_size: u64,
 }
 
-type Reply<T> = oneshot::Sender<Result<T, WalError>>;
-
-enum Command {
-    Append(Append),
-    Metadata(MetadataChange),
-}
-
-struct Append {
-    term: u64,
-    start_lsn: u64,
-    data: Bytes,
-    arrived: Instant,
-    reply: Reply<u64>,
-}
-
-enum MetadataChange {
-    AcquireTerm {
-        proposed: Option<u64>,
-        reply: Reply<TermResponse>,
-    },
-    SetGeometry {
-        term: u64,
-        geometry: Geometry,
-        reply: Reply<GeometryRecord>,
-    },
-    AddCheckpoint {
-        term: u64,
-        checkpoint: Checkpoint,
-        reply: Reply<CheckpointRecord>,
-    },
-    RemoveBefore {
-        lsn: u64,
-        reply: Reply<u64>,
-    },
-}
-
-/// What readers see; written only by the writer thread.
+/// What readers see; written only under the writer lock.
 #[derive(Debug)]
 struct State {
     meta: TimelineMeta,
@@ -80,17 +46,48 @@ struct State {
     failed: Option<String>,
 }
 
+/// An append written by [`Timeline::write`], not yet known durable.
+#[derive(Debug, Clone, Copy)]
+#[must_use = "an append is acknowledged only once wait_durable returns"]
+pub struct Written {
+    /// The LSN up to which the WAL must be durable.
+    pub end: u64,
+    arrived: Instant,
+}
+
+/// The outcome of [`Timeline::append_batch`].
+#[derive(Debug)]
+pub struct BatchOutcome {
+    /// How many frames, from the first, were accepted.
+    pub accepted: usize,
+    /// The durable LSN covering the accepted frames, or why they could not be made durable
+    /// (`None` if none was accepted).
+    pub durable: Option<Result<u64, WalError>>,
+    /// Why the frame after the accepted ones was refused; the frames after it were not applied.
+    pub refused: Option<WalError>,
+}
+
 pub struct Timeline {
     id: String,
-    /// Unbounded: appends are bounded by their callers (one per request, a window per stream).
-    commands: mpsc::UnboundedSender<Command>,
+    writer: Mutex<Writer>,
+    /// Signalled whenever an fdatasync led outside the lock ends (or fails).
+    synced: Condvar,
     state: Arc<RwLock<State>>,
     reader: WalReader,
     parent: Option<Arc<Timeline>>,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for Timeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Timeline")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Timeline {
-    /// Opens the timeline stored in `dir` (whose metadata file must exist) and starts its writer.
+    /// Opens the timeline stored in `dir` (whose metadata file must exist).
     /// `parent` is the timeline its metadata names as parent, if any.
     pub fn open(
         dir: &Path,
@@ -117,27 +114,39 @@ impl Timeline {
             );
             metrics.torn_tails_truncated.inc();
         }
+        for (path, corrupt) in &report.corrupt {
+            tracing::error!(
+                timeline = %meta.timeline_id,
+                segment = %path.display(),
+                offset = corrupt.offset,
+                bytes = corrupt.end_offset - corrupt.offset,
+                from_lsn = corrupt.from_lsn,
+                to_lsn = corrupt.to_lsn,
+                reason = corrupt.reason,
+                "corrupt WAL (valid records follow it, so not a torn write): kept on disk, refused \
+                 to readers; the rest of the timeline stays available"
+            );
+            metrics.corrupt_wal_found.inc();
+        }
         let base_lsn = meta.parent.as_ref().map(|p| p.lsn);
-        let durable_lsn = wal.end_lsn().or(base_lsn);
+        let durable_lsn = wal.synced_end().or(base_lsn);
         let reader = wal.reader();
+        let id = meta.timeline_id.clone();
         let state = Arc::new(RwLock::new(State {
             meta,
             durable_lsn,
             failed: None,
         }));
-        let (commands, rx) = mpsc::unbounded_channel();
         let writer = Writer::new(dir, checkpoint_log, wal, base_lsn, state.clone(), metrics, label);
         writer.publish_gauges();
-        let id = state.read().expect("state lock").meta.timeline_id.clone();
-        std::thread::Builder::new()
-            .name(format!("wal-{}", &id[..id.len().min(10)]))
-            .spawn(move || writer.run(rx))?;
         Ok(Arc::new(Self {
             id,
-            commands,
+            writer: Mutex::new(writer),
+            synced: Condvar::new(),
             state,
             reader,
             parent,
+            metrics: metrics.clone(),
         }))
     }
 
@@ -145,71 +154,201 @@ impl Timeline {
         &self.id
     }
 
-    /// Queues an append and returns where its outcome will arrive; appends queued by one caller are
-    /// applied in order, so a stream can pipeline them.
-    pub fn submit_append(
-        &self,
-        term: u64,
-        start_lsn: u64,
-        data: Bytes,
-    ) -> Result<oneshot::Receiver<Result<u64, WalError>>, WalError> {
-        let (reply, rx) = oneshot::channel();
-        let command = Command::Append(Append {
-            term,
-            start_lsn,
-            data,
-            arrived: Instant::now(),
-            reply,
+    fn lock(&self) -> MutexGuard<'_, Writer> {
+        // A panic while holding the lock leaves no half-applied change worse than a failed write,
+        // which the failed state already covers.
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The writer lock, once every record written so far is durable: metadata changes see (and
+    /// record) a durable LSN that includes every earlier append.
+    fn lock_synced(&self) -> Result<MutexGuard<'_, Writer>, WalError> {
+        let mut w = self.lock();
+        while w.syncing {
+            w = self.wait_for_sync(w);
+        }
+        w.sync_in_lock()?;
+        Ok(w)
+    }
+
+    /// Appends and waits until the bytes are durable; returns the durable LSN. Blocking.
+    pub fn append(&self, term: u64, start_lsn: u64, data: &[u8]) -> Result<u64, WalError> {
+        let arrived = Instant::now();
+        let mut w = self.lock();
+        let end = self.write_locked(&mut w, term, start_lsn, data)?;
+        let durable = self.commit(w, end)?;
+        self.count_acked(1, arrived);
+        Ok(durable)
+    }
+
+    /// The first half of [`append`](Self::append): writes the bytes (not durable yet) and returns
+    /// what to pass to [`wait_durable`](Self::wait_durable). Lets a caller that must keep appends
+    /// in LSN order release its own lock before waiting, so concurrent appends share fdatasyncs.
+    pub fn write(&self, term: u64, start_lsn: u64, data: &[u8]) -> Result<Written, WalError> {
+        let arrived = Instant::now();
+        let end = self.write_locked(&mut self.lock(), term, start_lsn, data)?;
+        Ok(Written { end, arrived })
+    }
+
+    /// Checks and writes one append; returns the LSN it needs durable.
+    fn write_locked(&self, w: &mut Writer, term: u64, start_lsn: u64, data: &[u8]) -> Result<u64, WalError> {
+        let written = w.check_term(term).and_then(|()| {
+            let (start, rest) = self.compare_below_branch(start_lsn, data)?;
+            if rest.is_empty() && !data.is_empty() {
+                // Wholly the parent's WAL, which is durable.
+                return Ok(start);
+            }
+            w.write(start, rest)
         });
-        self.commands.send(command).map_err(|_| writer_gone())?;
-        Ok(rx)
+        written.inspect_err(|e| w.count_rejected(e))
     }
 
-    /// Appends and waits until the bytes are durable; returns the durable LSN.
-    pub async fn append(&self, term: u64, start_lsn: u64, data: Bytes) -> Result<u64, WalError> {
-        let rx = self.submit_append(term, start_lsn, data)?;
-        rx.await.map_err(|_| writer_gone())?
+    /// A branch's resend may start below its branch LSN, in WAL it shares with its parent: that
+    /// part must match the parent's bytes (which never change, so no lock is needed to compare);
+    /// returns where the rest starts, and the rest.
+    fn compare_below_branch<'a>(&self, start_lsn: u64, data: &'a [u8]) -> Result<(u64, &'a [u8]), WalError> {
+        let branch = self.with_meta(|m| m.parent.as_ref().map(|p| p.lsn));
+        let (Some(parent), Some(branch)) = (&self.parent, branch) else {
+            return Ok((start_lsn, data));
+        };
+        if start_lsn >= branch || data.is_empty() {
+            return Ok((start_lsn, data));
+        }
+        let shared_end = start_lsn.saturating_add(data.len() as u64).min(branch);
+        let stored = parent.read(start_lsn, shared_end)?;
+        let sent = &data[..(shared_end - start_lsn) as usize];
+        if let Some(i) = stored.iter().zip(sent).position(|(a, b)| a != b) {
+            return Err(WalError::OverlapMismatch {
+                start_lsn,
+                at_lsn: start_lsn + i as u64,
+            });
+        }
+        Ok((shared_end, &data[sent.len()..]))
     }
 
-    pub async fn acquire_term(&self, proposed: Option<u64>) -> Result<TermResponse, WalError> {
-        self.request(|reply| MetadataChange::AcquireTerm { proposed, reply })
-            .await
+    /// Waits until a [`write`](Self::write) is durable; returns the durable LSN. Blocking.
+    pub fn wait_durable(&self, written: Written) -> Result<u64, WalError> {
+        let durable = self.commit(self.lock(), written.end)?;
+        self.count_acked(1, written.arrived);
+        Ok(durable)
     }
 
-    pub async fn set_geometry(&self, term: u64, geometry: Geometry) -> Result<GeometryRecord, WalError> {
-        self.request(|reply| MetadataChange::SetGeometry {
-            term,
-            geometry,
-            reply,
-        })
-        .await
+    /// Applies `frames` in order until one is refused, then makes the accepted ones durable with
+    /// one group commit. Blocking.
+    pub fn append_batch(&self, term: u64, frames: &[WalFrame]) -> BatchOutcome {
+        let arrived = Instant::now();
+        let mut w = self.lock();
+        let mut upto = None;
+        let mut accepted = 0;
+        let mut refused = None;
+        for frame in frames {
+            match self.write_locked(&mut w, term, frame.start_lsn, &frame.data) {
+                Ok(end) => {
+                    upto = upto.max(Some(end));
+                    accepted += 1;
+                }
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+            }
+        }
+        let durable = upto.map(|upto| self.commit(w, upto));
+        if let Some(Ok(_)) = durable {
+            self.count_acked(accepted, arrived);
+        }
+        BatchOutcome {
+            accepted,
+            durable,
+            refused,
+        }
     }
 
-    pub async fn add_checkpoint(
-        &self,
-        term: u64,
-        checkpoint: Checkpoint,
-    ) -> Result<CheckpointRecord, WalError> {
-        self.request(|reply| MetadataChange::AddCheckpoint {
-            term,
-            checkpoint,
-            reply,
-        })
-        .await
+    /// Returns once the WAL is durable up to `upto` (written by the caller under this lock).
+    fn commit<'a>(&'a self, mut w: MutexGuard<'a, Writer>, upto: u64) -> Result<u64, WalError> {
+        loop {
+            if let Some(durable) = w.durable().filter(|d| *d >= upto) {
+                return Ok(durable);
+            }
+            if let Some(failure) = w.failure() {
+                return Err(WalError::Failed(failure));
+            }
+            if w.syncing {
+                w = self.wait_for_sync(w);
+                continue;
+            }
+            // Lead an fdatasync of everything written so far, outside the lock, so the next
+            // writers can add their records meanwhile (they form the next batch).
+            let Some(target) = w.wal.sync_target() else {
+                // Written, yet not durable, and nothing to sync: cannot happen; never ack it.
+                return Err(WalError::Failed(format!(
+                    "LSN {upto} was written but there is nothing to sync"
+                )));
+            };
+            w.syncing = true;
+            let batch = std::mem::take(&mut w.unsynced_appends);
+            drop(w);
+            let started = Instant::now();
+            let synced = target.sync();
+            let elapsed = started.elapsed();
+            w = self.lock();
+            w.syncing = false;
+            match synced {
+                Ok(()) => w.synced(target.end, batch, elapsed),
+                Err(e) => {
+                    w.fail(e);
+                }
+            }
+            // A lone writer (the common case) skips the wake-up system call.
+            if w.waiting > 0 {
+                self.synced.notify_all();
+            }
+        }
     }
 
-    /// Removes whole segments below `lsn`; returns the bytes freed.
-    pub async fn remove_before(&self, lsn: u64) -> Result<u64, WalError> {
-        self.request(|reply| MetadataChange::RemoveBefore { lsn, reply })
-            .await
+    /// Waits for the fdatasync in progress to end.
+    fn wait_for_sync<'a>(&'a self, mut w: MutexGuard<'a, Writer>) -> MutexGuard<'a, Writer> {
+        w.waiting += 1;
+        let mut w = self.synced.wait(w).unwrap_or_else(|e| e.into_inner());
+        w.waiting -= 1;
+        w
     }
 
-    async fn request<T>(&self, change: impl FnOnce(Reply<T>) -> MetadataChange) -> Result<T, WalError> {
-        let (reply, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Metadata(change(reply)))
-            .map_err(|_| writer_gone())?;
-        rx.await.map_err(|_| writer_gone())?
+    fn count_acked(&self, appends: usize, arrived: Instant) {
+        self.metrics.appends.inc_by(appends as u64);
+        let latency = arrived.elapsed().as_secs_f64();
+        for _ in 0..appends {
+            self.metrics.append_latency.observe(latency);
+        }
+    }
+
+    /// Grants a term (see the API docs); every append written before it is durable first. Blocking.
+    pub fn acquire_term(&self, proposed: Option<u64>) -> Result<TermResponse, WalError> {
+        self.lock_synced()?.acquire_term(proposed)
+    }
+
+    /// Blocking.
+    pub fn set_geometry(&self, term: u64, geometry: Geometry) -> Result<GeometryRecord, WalError> {
+        let w = self.lock_synced()?;
+        w.check_term(term)?;
+        w.set_geometry(geometry)
+    }
+
+    /// Blocking.
+    pub fn add_checkpoint(&self, term: u64, checkpoint: Checkpoint) -> Result<CheckpointRecord, WalError> {
+        let mut w = self.lock_synced()?;
+        w.check_term(term)?;
+        w.add_checkpoint(checkpoint)
+    }
+
+    /// Removes whole segments below `lsn`; returns the bytes freed. Blocking.
+    pub fn remove_before(&self, lsn: u64) -> Result<u64, WalError> {
+        self.lock().remove_before(lsn)
+    }
+
+    /// Successful WAL fdatasyncs of this timeline since it was opened.
+    pub fn wal_syncs(&self) -> u64 {
+        self.lock().wal.syncs()
     }
 
     pub fn status(&self) -> TimelineStatus {
@@ -241,6 +380,74 @@ impl Timeline {
 
     pub fn durable_lsn(&self) -> Option<u64> {
         self.state.read().expect("state lock").durable_lsn
+    }
+
+    /// The lowest LSN this timeline can serve reads from, through its ancestors.
+    pub fn readable_start(&self) -> Option<u64> {
+        let (branch, own) = {
+            let state = self.state.read().expect("state lock");
+            (
+                state.meta.parent.as_ref().map(|p| p.lsn),
+                self.own_start(&state.meta),
+            )
+        };
+        let own = own?;
+        match (&self.parent, branch) {
+            // A branch reads below its branch LSN from its parent, if it kept its own WAL from there.
+            (Some(parent), Some(branch)) if branch == own => {
+                Some(parent.readable_start().map_or(own, |p| p.min(own)))
+            }
+            _ => Some(own),
+        }
+    }
+
+    /// What a branch at `lsn` starts with (the geometry and checkpoint in force there), after
+    /// checking it can be served: `lsn` is durable here, and the WAL it recovers from (from that
+    /// checkpoint, else from `lsn`) is still stored. Retention must not run between this check and
+    /// the branch being registered (`Timelines` serializes them).
+    pub fn branch_point(
+        &self,
+        lsn: u64,
+    ) -> Result<(Option<GeometryRecord>, Option<CheckpointRecord>), WalError> {
+        let durable = self.durable_lsn();
+        if durable.is_none_or(|d| lsn > d) {
+            return Err(WalError::BadRequest(format!(
+                "branch LSN {lsn} is beyond the durable LSN {durable:?} of {}: a branch starts \
+                 from durable WAL",
+                self.id
+            )));
+        }
+        let (geometry, checkpoint) =
+            self.with_meta(|m| (m.geometry_at(lsn).cloned(), m.checkpoint_for(lsn).cloned()));
+        let needed_from = checkpoint.as_ref().map_or(lsn, |c| c.checkpoint.checkpoint_lsn);
+        match self.readable_start() {
+            Some(start) if start <= needed_from => {}
+            start => {
+                return Err(WalError::BranchBelowWal {
+                    lsn,
+                    needed_from,
+                    start: start.unwrap_or(lsn),
+                })
+            }
+        }
+        self.check_not_corrupt(needed_from, lsn)?;
+        Ok((geometry, checkpoint))
+    }
+
+    /// Refuses a range overlapping WAL known corrupt, here or (below the branch LSN) in an
+    /// ancestor.
+    fn check_not_corrupt(&self, from: u64, to: u64) -> Result<(), WalError> {
+        if let Some((a, b)) = self.reader.corrupt_in(from, to) {
+            return Err(WalError::Corrupt(format!(
+                "WAL [{a}, {b}) of timeline {} is corrupt on disk",
+                self.id
+            )));
+        }
+        let branch = self.with_meta(|m| m.parent.as_ref().map(|p| p.lsn));
+        match (&self.parent, branch) {
+            (Some(parent), Some(branch)) if from < branch => parent.check_not_corrupt(from, to.min(branch)),
+            _ => Ok(()),
+        }
     }
 
     /// First LSN of this timeline's own WAL: its oldest segment, else its branch point.
@@ -294,7 +501,7 @@ impl Timeline {
                     from,
                     start: self.reader.bounds().map_or(own_start, |b| b.0),
                 },
-                _ => WalError::Io(e),
+                _ => read_error(e, &self.id, &self.metrics),
             })?;
             out.extend_from_slice(&bytes);
         }
@@ -303,32 +510,62 @@ impl Timeline {
 
     /// What a fresh node needs to recover to `lsn` (default: the durable LSN).
     pub fn recovery_plan(&self, lsn: Option<u64>) -> Result<RecoveryPlan, WalError> {
-        let state = self.state.read().expect("state lock");
-        let durable = state.durable_lsn.unwrap_or(0);
-        let target = lsn.unwrap_or(durable);
-        if target > durable || state.durable_lsn.is_none() {
-            return Err(WalError::NotDurable {
-                from: target,
-                to: target,
-                durable,
-            });
+        let plan = {
+            let state = self.state.read().expect("state lock");
+            let durable = state.durable_lsn.unwrap_or(0);
+            let target = lsn.unwrap_or(durable);
+            if target > durable || state.durable_lsn.is_none() {
+                return Err(WalError::NotDurable {
+                    from: target,
+                    to: target,
+                    durable,
+                });
+            }
+            let geometry = state.meta.geometry_at(target).ok_or_else(|| {
+                WalError::NoRecoveryPoint(format!("no log geometry recorded at or below LSN {target}"))
+            })?;
+            let checkpoint = state.meta.checkpoint_for(target).ok_or_else(|| {
+                WalError::NoRecoveryPoint(format!(
+                    "no checkpoint recorded that recovery to LSN {target} can start from"
+                ))
+            })?;
+            RecoveryPlan {
+                timeline_id: self.id.clone(),
+                geometry: geometry.geometry.clone(),
+                checkpoint: checkpoint.checkpoint,
+                wal_from: checkpoint.checkpoint.checkpoint_lsn,
+                wal_to: target,
+            }
+        };
+        // A plan is only worth giving if its WAL can be read: retention (or a writer that began
+        // appending after the checkpoint it reported) may have left it incomplete.
+        match self.readable_start() {
+            Some(start) if start <= plan.wal_from => {}
+            start => {
+                return Err(WalError::RecoveryWalMissing {
+                    target: plan.wal_to,
+                    from: plan.wal_from,
+                    start: start.unwrap_or(plan.wal_to),
+                })
+            }
         }
-        let geometry = state.meta.geometry_at(target).ok_or_else(|| {
-            WalError::NoRecoveryPoint(format!("no log geometry recorded at or below LSN {target}"))
-        })?;
-        let checkpoint = state.meta.checkpoint_for(target).ok_or_else(|| {
-            WalError::NoRecoveryPoint(format!(
-                "no checkpoint recorded that recovery to LSN {target} can start from"
-            ))
-        })?;
-        Ok(RecoveryPlan {
-            timeline_id: self.id.clone(),
-            geometry: geometry.geometry.clone(),
-            checkpoint: checkpoint.checkpoint,
-            wal_from: checkpoint.checkpoint.checkpoint_lsn,
-            wal_to: target,
-        })
+        self.check_not_corrupt(plan.wal_from, plan.wal_to)?;
+        Ok(plan)
     }
+}
+
+/// A failed read of stored WAL: corrupt bytes (known since start, or failing their CRC now) are
+/// `wal_corrupt`, reported loudly the first time; anything else is a storage error.
+fn read_error(e: std::io::Error, timeline: &str, metrics: &Metrics) -> WalError {
+    if e.kind() != std::io::ErrorKind::InvalidData {
+        return WalError::Io(e);
+    }
+    let known = e.get_ref().is_some_and(|inner| inner.is::<KnownCorrupt>());
+    if !known {
+        tracing::error!(timeline, error = %e, "stored WAL failed its CRC check on read");
+        metrics.corrupt_wal_found.inc();
+    }
+    WalError::Corrupt(format!("cannot serve WAL of timeline {timeline}: {e}"))
 }
 
 /// Only the current term may write, and only while the timeline is healthy.
@@ -346,12 +583,9 @@ fn check_term(state: &State, given: u64) -> Result<(), WalError> {
     Ok(())
 }
 
-fn writer_gone() -> WalError {
-    WalError::Failed("the timeline's writer has stopped".into())
-}
-
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
     use prometheus_client::registry::Registry;
 
     use super::*;
@@ -367,6 +601,16 @@ mod tests {
         (Timeline::open(dir, None, &config, &metrics).unwrap(), registry)
     }
 
+    /// Opens an existing timeline again, as a restart does.
+    fn open_again(dir: &Path) -> (Arc<Timeline>, Registry) {
+        let mut registry = Registry::with_prefix("walsync");
+        let metrics = Metrics::register(&mut registry);
+        let config = TimelineConfig {
+            segment_size: 1 << 20,
+        };
+        (Timeline::open(dir, None, &config, &metrics).unwrap(), registry)
+    }
+
     fn metric(registry: &Registry, name: &str) -> f64 {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
@@ -374,44 +618,229 @@ mod tests {
         line.rsplit(' ').next().unwrap().parse().unwrap()
     }
 
-    #[tokio::test]
-    async fn queued_appends_share_fsyncs_and_are_acked_in_order() {
+    #[test]
+    fn a_batch_is_one_fsync_and_concurrent_appends_share_fsyncs() {
         let dir = tempfile::tempdir().unwrap();
         let (tl, registry) = open(dir.path());
-        let term = tl.acquire_term(None).await.unwrap().term;
-        let mut receivers = Vec::new();
-        for i in 0..64u64 {
-            let data = Bytes::from(vec![i as u8; 100]);
-            receivers.push(tl.submit_append(term, 1000 + i * 100, data).unwrap());
-        }
-        let mut last = 0;
-        for (i, rx) in receivers.into_iter().enumerate() {
-            // Appends acknowledged by one fsync share its durable LSN, which covers each of them.
-            let durable = rx.await.unwrap().unwrap();
-            assert!(durable >= last && durable >= 1000 + (i as u64 + 1) * 100);
-            last = durable;
-        }
-        assert_eq!(last, 1000 + 64 * 100);
-        let fsyncs = metric(&registry, "walsync_fsync_latency_seconds_count");
-        assert!(fsyncs < 16.0, "{fsyncs} fsyncs for 64 queued appends");
+        let term = tl.acquire_term(None).unwrap().term;
+        let frames: Vec<WalFrame> = (0..64u64)
+            .map(|i| WalFrame {
+                start_lsn: 1000 + i * 100,
+                data: Bytes::from(vec![i as u8; 100]),
+            })
+            .collect();
+        let outcome = tl.append_batch(term, &frames);
+        assert_eq!(outcome.accepted, 64);
+        assert!(outcome.refused.is_none());
+        assert_eq!(outcome.durable.unwrap().unwrap(), 1000 + 64 * 100);
+        // Exactly one: more would be no group commit, none would be no durability.
+        assert_eq!(tl.wal_syncs(), 1);
+        assert_eq!(metric(&registry, "walsync_fsync_latency_seconds_count"), 1.0);
         assert_eq!(metric(&registry, "walsync_appends_total"), 64.0);
+        assert_eq!(
+            tl.read(1000, 1000 + 64 * 100).unwrap(),
+            frames.iter().flat_map(|f| f.data.to_vec()).collect::<Vec<u8>>()
+        );
+
+        // Eight threads appending to one timeline, in LSN order, each waiting for its own ack:
+        // appends written during an fdatasync share the next one.
+        let start = 1000 + 64 * 100u64;
+        let next = Mutex::new(start);
+        std::thread::scope(|s| {
+            for t in 0..8u8 {
+                let (tl, next) = (&tl, &next);
+                s.spawn(move || {
+                    for _ in 0..25 {
+                        let written = {
+                            let mut lsn = next.lock().unwrap();
+                            let written = tl.write(term, *lsn, &[t; 50]).unwrap();
+                            *lsn += 50;
+                            written
+                        };
+                        let durable = tl.wait_durable(written).unwrap();
+                        assert!(durable >= written.end);
+                    }
+                });
+            }
+        });
+        let syncs = tl.wal_syncs() - 1;
+        assert!(
+            (1..200).contains(&syncs),
+            "{syncs} fdatasyncs for 200 concurrent appends: expected at least one and some sharing"
+        );
+        assert_eq!(tl.durable_lsn(), Some(start + 200 * 50));
+        assert_eq!(metric(&registry, "walsync_appends_total"), 264.0);
     }
 
-    #[tokio::test]
-    async fn a_new_term_fences_queued_appends_of_the_old_one() {
+    #[test]
+    fn a_batch_stops_at_the_first_refused_frame() {
         let dir = tempfile::tempdir().unwrap();
         let (tl, _registry) = open(dir.path());
-        let old = tl.acquire_term(None).await.unwrap().term;
-        let before = tl.submit_append(old, 0, Bytes::from_static(b"a")).unwrap();
-        let new = tl.acquire_term(None).await.unwrap();
-        let after = tl.submit_append(old, 1, Bytes::from_static(b"b")).unwrap();
-        assert_eq!(before.await.unwrap().unwrap(), 1);
+        let term = tl.acquire_term(None).unwrap().term;
+        let frame = |start_lsn, data: &'static [u8]| WalFrame {
+            start_lsn,
+            data: Bytes::from_static(data),
+        };
+        // The third frame leaves a gap; the fourth would continue the second, but is not applied.
+        let outcome = tl.append_batch(
+            term,
+            &[frame(0, b"ab"), frame(2, b"cd"), frame(9, b"x"), frame(4, b"ef")],
+        );
+        assert_eq!(outcome.accepted, 2);
+        assert_eq!(outcome.durable.unwrap().unwrap(), 4);
+        assert!(matches!(outcome.refused, Some(WalError::Gap { .. })));
+        assert_eq!(tl.durable_lsn(), Some(4));
+    }
+
+    #[test]
+    fn corrupt_wal_is_refused_to_reads_and_branches_but_the_rest_is_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tl, _registry) = open(dir.path());
+        let term = tl.acquire_term(None).unwrap().term;
+        for lsn in (1000..5000).step_by(1000) {
+            tl.append(term, lsn, &[lsn as u8; 1000]).unwrap();
+            if lsn == 1000 {
+                let checkpoint = Checkpoint {
+                    checkpoint_lsn: 1500,
+                    end_lsn: 1600,
+                };
+                tl.add_checkpoint(term, checkpoint).unwrap();
+            }
+        }
+        drop(tl);
+        let segment = dir
+            .path()
+            .join("wal")
+            .join(crate::storage::segment::file_name(1000));
+        let mut bytes = std::fs::read(&segment).unwrap();
+        bytes[1016 + 16 + 1] ^= 1; // in [2000, 3000)
+        std::fs::write(&segment, bytes).unwrap();
+
+        let (tl, registry) = open_again(dir.path());
+        assert_eq!(tl.durable_lsn(), Some(5000));
+        assert_eq!(metric(&registry, "walsync_corrupt_wal_found_total"), 1.0);
+        let err = tl.read(2500, 2600).unwrap_err();
+        assert_eq!((err.code(), err.http_status()), ("wal_corrupt", 500));
+        assert_eq!(tl.read(3000, 5000).unwrap().len(), 2000);
+        // A branch at 4000 recovers from 1500, through the corrupt range; one at 2000 does not.
+        let err = tl.branch_point(4000).unwrap_err();
+        assert_eq!(err.code(), "wal_corrupt");
+        let (_, checkpoint) = tl.branch_point(2000).unwrap();
+        assert_eq!(checkpoint.unwrap().checkpoint.checkpoint_lsn, 1500);
+    }
+
+    #[test]
+    fn a_recovery_plan_needs_its_wal_from_the_checkpoint_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tl, _registry) = open(dir.path());
+        let term = tl.acquire_term(None).unwrap().term;
+        let geometry = Geometry {
+            first_lsn: 12288,
+            file_size: 1 << 20,
+            creator: "MariaDB 10.11.19".into(),
+            at_lsn: 12288,
+        };
+        tl.set_geometry(term, geometry).unwrap();
+        // The writer's first append starts after the checkpoint it reports: WAL [15000, 20000)
+        // was never here.
+        tl.append(term, 20_000, &[1; 1000]).unwrap();
+        let checkpoint = Checkpoint {
+            checkpoint_lsn: 15_000,
+            end_lsn: 20_100,
+        };
+        tl.add_checkpoint(term, checkpoint).unwrap();
+        tl.append(term, 21_000, &[2; 1000]).unwrap();
+        let err = tl.recovery_plan(None).unwrap_err();
+        assert_eq!((err.code(), err.http_status()), ("wal_removed", 410), "{err}");
+        assert!(
+            matches!(
+                err,
+                WalError::RecoveryWalMissing {
+                    from: 15_000,
+                    start: 20_000,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+
+        // A later checkpoint with its WAL here gives a plan; an earlier target, which recovers
+        // from the first checkpoint, is still refused.
+        let checkpoint = Checkpoint {
+            checkpoint_lsn: 20_500,
+            end_lsn: 21_100,
+        };
+        tl.add_checkpoint(term, checkpoint).unwrap();
+        tl.append(term, 22_000, &[3; 1000]).unwrap();
+        let plan = tl.recovery_plan(None).unwrap();
+        assert_eq!((plan.wal_from, plan.wal_to), (20_500, 23_000));
+        tl.read(plan.wal_from, plan.wal_to).unwrap();
+        let err = tl.recovery_plan(Some(21_500)).unwrap_err();
+        assert_eq!(err.code(), "wal_removed");
+    }
+
+    #[test]
+    fn a_resend_compares_what_overlaps_and_appends_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut registry = Registry::with_prefix("walsync");
+        let metrics = Metrics::register(&mut registry);
+        TimelineMeta::new("t", None).store(dir.path()).unwrap();
+        CheckpointLog::create(dir.path(), &[]).unwrap();
+        // Small segments, so resends span records and segments.
+        let config = TimelineConfig { segment_size: 100 };
+        let tl = Timeline::open(dir.path(), None, &config, &metrics).unwrap();
+        let term = tl.acquire_term(None).unwrap().term;
+        let byte = |lsn: u64| (lsn * 7 % 251) as u8;
+        let bytes = |from: u64, to: u64| (from..to).map(byte).collect::<Vec<u8>>();
+        for lsn in (0..300).step_by(60) {
+            tl.append(term, lsn, &bytes(lsn, lsn + 60)).unwrap();
+        }
+        assert!(std::fs::read_dir(dir.path().join("wal")).unwrap().count() > 2);
+
+        // Overlaps the last 250 stored bytes (five records, three segments), extends by 70.
+        assert_eq!(tl.append(term, 50, &bytes(50, 370)).unwrap(), 370);
+        // Starts inside a record, ends inside another: nothing new.
+        assert_eq!(tl.append(term, 75, &bytes(75, 130)).unwrap(), 370);
+        assert_eq!(tl.read(0, 370).unwrap(), bytes(0, 370));
+
+        // A difference in the overlapping part refuses the whole resend, extension included.
+        let mut wrong = bytes(200, 420);
+        wrong[100] ^= 1;
+        let err = tl.append(term, 200, &wrong).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                WalError::OverlapMismatch {
+                    start_lsn: 200,
+                    at_lsn: 300
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(tl.durable_lsn(), Some(370));
+        // A resend differing only in bytes past the end is new WAL, not a conflict.
+        let mut longer = bytes(360, 400);
+        longer[20] ^= 1;
+        assert_eq!(tl.append(term, 360, &longer).unwrap(), 400);
+        assert_eq!(tl.read(360, 400).unwrap(), longer);
+    }
+
+    #[test]
+    fn a_new_term_fences_appends_of_the_old_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tl, _registry) = open(dir.path());
+        let old = tl.acquire_term(None).unwrap().term;
+        // Written before the grant, acknowledged after it: the grant made it durable first.
+        let before = tl.write(old, 0, b"a").unwrap();
+        let new = tl.acquire_term(None).unwrap();
         assert_eq!(
             new.durable_lsn,
             Some(1),
             "the grant answers after earlier appends are durable"
         );
-        assert!(matches!(after.await.unwrap(), Err(WalError::StaleTerm { .. })));
+        assert_eq!(tl.wait_durable(before).unwrap(), 1);
+        assert!(matches!(tl.append(old, 1, b"b"), Err(WalError::StaleTerm { .. })));
+        assert_eq!(tl.append(new.term, 1, b"b").unwrap(), 2);
         // Metadata survives a reopen.
         drop(tl);
         let meta = TimelineMeta::load(dir.path()).unwrap();

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use ibd_api::walsync::BranchPoint;
 
@@ -34,8 +34,13 @@ pub struct Timelines {
     config: TimelineConfig,
     metrics: Metrics,
     map: RwLock<BTreeMap<String, Arc<Timeline>>>,
-    /// Serializes creation (blocking I/O; callers run it off the async threads).
-    create_lock: Mutex<()>,
+    /// Held while a timeline is created and while a retention pass decides what each timeline
+    /// keeps and removes the rest: a branch is never created between the two, where retention
+    /// would remove WAL the new branch needs.
+    topology: Mutex<()>,
+    /// Runs in a retention pass between deciding and removing (tests stage races with it).
+    #[cfg(test)]
+    pub(crate) before_removal: Mutex<Option<Box<dyn Fn() + Send>>>,
 }
 
 impl Timelines {
@@ -62,7 +67,9 @@ impl Timelines {
             config,
             metrics,
             map: RwLock::new(BTreeMap::new()),
-            create_lock: Mutex::new(()),
+            topology: Mutex::new(()),
+            #[cfg(test)]
+            before_removal: Mutex::new(None),
         };
         for id in metas.keys() {
             timelines.open_with_ancestors(id, &metas)?;
@@ -107,6 +114,11 @@ impl Timelines {
         self.map.read().expect("map lock").values().cloned().collect()
     }
 
+    /// See `topology`.
+    pub(crate) fn lock_topology(&self) -> MutexGuard<'_, ()> {
+        self.topology.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The timeline, created empty if it does not exist. Blocking.
     pub fn get_or_create(&self, id: &str) -> Result<Arc<Timeline>, WalError> {
         match self.get(id) {
@@ -120,7 +132,7 @@ impl Timelines {
     /// point, so it can be recovered before its own writer reports any. Blocking.
     pub fn create(&self, id: &str, parent: Option<BranchPoint>) -> Result<Arc<Timeline>, WalError> {
         validate_timeline_id(id)?;
-        let _guard = self.create_lock.lock().expect("create lock");
+        let _topology = self.lock_topology();
         if let Ok(existing) = self.get(id) {
             return if existing.with_meta(|m| m.parent == parent) {
                 Ok(existing)
@@ -133,17 +145,9 @@ impl Timelines {
             None => None,
             Some(branch) => {
                 let p = self.get(&branch.timeline_id)?;
-                let durable = p.durable_lsn();
-                if durable.is_none_or(|d| branch.lsn > d) {
-                    return Err(WalError::BadRequest(format!(
-                        "branch LSN {} is beyond the durable LSN {durable:?} of {}",
-                        branch.lsn, branch.timeline_id
-                    )));
-                }
-                p.with_meta(|m| {
-                    meta.geometry.extend(m.geometry_at(branch.lsn).cloned());
-                    meta.checkpoints.extend(m.checkpoint_for(branch.lsn).cloned());
-                });
+                let (geometry, checkpoint) = p.branch_point(branch.lsn)?;
+                meta.geometry.extend(geometry);
+                meta.checkpoints.extend(checkpoint);
                 Some(p)
             }
         };
@@ -160,5 +164,49 @@ impl Timelines {
             .insert(id.to_string(), tl.clone());
         tracing::info!(timeline = id, ?parent, "created timeline");
         Ok(tl)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ibd_api::walsync::BranchPoint;
+    use prometheus_client::registry::Registry;
+
+    use super::*;
+
+    #[test]
+    fn a_branch_resend_from_below_its_branch_point_is_compared_with_the_parent() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Metrics::register(&mut Registry::default());
+        let config = TimelineConfig {
+            segment_size: 1 << 20,
+        };
+        let timelines = Timelines::open(dir.path(), config, metrics).unwrap();
+        let parent = timelines.get_or_create("parent").unwrap();
+        let term = parent.acquire_term(None).unwrap().term;
+        parent.append(term, 1000, &[1; 1000]).unwrap();
+        let branch = BranchPoint {
+            timeline_id: "parent".into(),
+            lsn: 1500,
+        };
+        let child = timelines.create("child", Some(branch)).unwrap();
+        let term = child.acquire_term(None).unwrap().term;
+        // The new writer on the branch resends from 1400: 100 bytes shared with the parent, then
+        // its own.
+        let resend = [vec![1; 100], vec![2; 200]].concat();
+        assert_eq!(child.append(term, 1400, &resend).unwrap(), 1700);
+        assert_eq!(child.read(1400, 1700).unwrap(), resend);
+        // Wholly below the branch point and matching: nothing to write, acknowledged.
+        assert_eq!(child.append(term, 1200, &[1; 300]).unwrap(), 1700);
+        // Differing from the parent's bytes: refused, nothing written.
+        let err = child
+            .append(term, 1450, &[vec![9; 50], vec![2; 200], vec![3; 10]].concat())
+            .unwrap_err();
+        assert!(
+            matches!(err, WalError::OverlapMismatch { at_lsn: 1450, .. }),
+            "{err}"
+        );
+        assert_eq!(child.durable_lsn(), Some(1700));
+        assert_eq!(parent.read(1000, 2000).unwrap(), vec![1; 1000]);
     }
 }

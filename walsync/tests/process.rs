@@ -233,6 +233,21 @@ async fn stream_pipelines_frames_and_acks_durable_lsn() {
         c.read_wal("tl", 12288, lsn).await.unwrap(),
         chunk(9, 12288, total)
     );
+    // Every frame was made durable by exactly one fdatasync, and there was at least one; frames
+    // sent while one was in progress shared the next (hyper hands the server one frame at a
+    // time: the stream must still take every frame that has arrived into one batch).
+    let http = ibd_api::HttpClient::new(&ws.url, ibd_api::RetryPolicy::none()).unwrap();
+    let text = String::from_utf8(http.get_bytes("/metrics").await.unwrap().body.to_vec()).unwrap();
+    let value = |name: &str| -> f64 {
+        let line = text.lines().find(|l| l.starts_with(name)).unwrap();
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert_eq!(value("walsync_fsync_batch_appends_sum"), 300.0);
+    let fsyncs = value("walsync_fsync_latency_seconds_count");
+    assert!(
+        (1.0..300.0).contains(&fsyncs),
+        "{fsyncs} fdatasyncs for 300 pipelined frames"
+    );
 
     // The first refused frame ends the stream with its error.
     let stream = c.open_stream("tl", term).await.unwrap();
@@ -333,6 +348,52 @@ async fn torn_tail_is_truncated_at_restart() {
     let http = ibd_api::HttpClient::new(&ws.url, ibd_api::RetryPolicy::none()).unwrap();
     let text = String::from_utf8(http.get_bytes("/metrics").await.unwrap().body.to_vec()).unwrap();
     assert!(text.contains("walsync_torn_tails_truncated_total 1"), "{text}");
+}
+
+#[tokio::test]
+async fn bit_rot_before_valid_records_is_reported_and_kept_not_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut ws = Walsync::start(&data, &[]);
+    let c = ws.client();
+    let term = c.acquire_term("tl", None).await.unwrap().term;
+    let end = fill(&c, "tl", term, 8, 5000, 3000, 1000).await;
+    ws.kill();
+    // One bit of the middle record's payload flips on disk.
+    let segment = data.join("timelines/tl/wal").join(format!("{:016x}.seg", 5000));
+    let len = std::fs::metadata(&segment).unwrap().len();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[1016 + 16 + 10] ^= 0x04;
+    std::fs::write(&segment, &bytes).unwrap();
+    ws.restart();
+    let c = ws.client();
+
+    // Nothing was cut: the WAL after the bad record is still durable and served.
+    assert_eq!(std::fs::metadata(&segment).unwrap().len(), len);
+    assert_eq!(c.status("tl").await.unwrap().durable_lsn, Some(end));
+    assert_eq!(c.read_wal("tl", 5000, 6000).await.unwrap(), chunk(8, 5000, 1000));
+    assert_eq!(c.read_wal("tl", 7000, end).await.unwrap(), chunk(8, 7000, 1000));
+    // The bad range is refused, loudly.
+    for (from, to) in [(6000, 7000), (5500, 6001), (5000, end)] {
+        let err = c.read_wal("tl", from, to).await.unwrap_err();
+        assert_eq!(
+            (err.status().map(|s| s.as_u16()), err.code()),
+            (Some(500), Some("wal_corrupt")),
+            "{err}"
+        );
+    }
+    let http = ibd_api::HttpClient::new(&ws.url, ibd_api::RetryPolicy::none()).unwrap();
+    let text = String::from_utf8(http.get_bytes("/metrics").await.unwrap().body.to_vec()).unwrap();
+    for line in [
+        "walsync_corrupt_wal_bytes{timeline=\"tl\"} 1000",
+        "walsync_corrupt_wal_found_total 1",
+        "walsync_torn_tails_truncated_total 0",
+    ] {
+        assert!(text.contains(line), "{line} missing from:\n{text}");
+    }
+    // The timeline keeps taking appends.
+    let end = fill(&c, "tl", term, 8, end, 500, 500).await;
+    assert_eq!(c.read_wal("tl", 7000, end).await.unwrap(), chunk(8, 7000, 1500));
 }
 
 #[tokio::test]
@@ -603,7 +664,10 @@ async fn metrics_and_health_are_served() {
     let text = String::from_utf8(http.get_bytes("/metrics").await.unwrap().body.to_vec()).unwrap();
     for name in [
         "walsync_append_latency_seconds_bucket",
-        "walsync_fsync_latency_seconds_count",
+        // Ten appends, each waited for: one fdatasync each. Fewer would mean an append was
+        // acknowledged without one.
+        "walsync_fsync_latency_seconds_count 10\n",
+        "walsync_fsync_batch_appends_sum 10.0\n",
         "walsync_appended_bytes_total 1000",
         "walsync_durable_lsn{timeline=\"tl\"} 2000",
         "walsync_checkpoint_lag_bytes",

@@ -21,6 +21,8 @@ pub struct SegmentEntry {
     /// Bytes of valid records (the append position).
     pub file_len: u64,
     marks: Vec<Mark>,
+    /// LSN ranges `[from, to)` whose bytes are corrupt on disk: never served.
+    corrupt: Vec<(u64, u64)>,
 }
 
 impl SegmentEntry {
@@ -31,16 +33,20 @@ impl SegmentEntry {
             end_lsn: start_lsn,
             file_len: 0,
             marks: Vec::new(),
+            corrupt: Vec::new(),
         }
     }
 
     /// Accounts for a record of `len` payload bytes written at the current end.
     pub fn note_record(&mut self, start_lsn: u64, len: u64) {
         debug_assert_eq!(start_lsn, self.end_lsn);
-        let due = self
-            .marks
-            .last()
-            .is_none_or(|m| self.file_len - m.offset >= MARK_INTERVAL);
+        // Also right after corrupt bytes, so no read ever has to scan through them.
+        let after_corrupt = self.corrupt.last().is_some_and(|c| c.1 == start_lsn);
+        let due = after_corrupt
+            || self
+                .marks
+                .last()
+                .is_none_or(|m| self.file_len - m.offset >= MARK_INTERVAL);
         if due {
             self.marks.push(Mark {
                 lsn: start_lsn,
@@ -49,6 +55,17 @@ impl SegmentEntry {
         }
         self.file_len += super::segment::RECORD_HEADER_LEN + len;
         self.end_lsn += len;
+    }
+
+    fn corrupt_bytes(&self) -> u64 {
+        self.corrupt.iter().map(|(from, to)| to - from).sum()
+    }
+
+    /// Accounts for corrupt bytes up to `end_offset`, where the WAL continues at `to_lsn`.
+    pub fn skip_corrupt(&mut self, to_lsn: u64, end_offset: u64) {
+        self.corrupt.push((self.end_lsn, to_lsn));
+        self.end_lsn = to_lsn;
+        self.file_len = end_offset;
     }
 
     /// The last mark at or before `lsn` (which must lie inside this segment).
@@ -71,12 +88,26 @@ pub struct ReadPiece {
 #[derive(Debug, Default, Clone)]
 pub struct WalIndex {
     segments: Vec<SegmentEntry>,
+    /// Sums over `segments`, kept as they change: the gauges read them after every commit, and a
+    /// day of retained WAL can be thousands of segments.
+    stored_bytes: u64,
+    corrupt_bytes: u64,
 }
 
 impl WalIndex {
     pub fn push(&mut self, segment: SegmentEntry) {
         debug_assert!(self.end_lsn().is_none_or(|end| end == segment.start_lsn));
+        self.stored_bytes += segment.file_len;
+        self.corrupt_bytes += segment.corrupt_bytes();
         self.segments.push(segment);
+    }
+
+    /// Accounts for a record of `len` payload bytes written at the end of the last segment.
+    pub fn note_record(&mut self, start_lsn: u64, len: u64) {
+        let last = self.segments.last_mut().expect("a segment to append to");
+        let before = last.file_len;
+        last.note_record(start_lsn, len);
+        self.stored_bytes += last.file_len - before;
     }
 
     pub fn start_lsn(&self) -> Option<u64> {
@@ -91,12 +122,19 @@ impl WalIndex {
         self.segments.last()
     }
 
-    pub fn last_mut(&mut self) -> Option<&mut SegmentEntry> {
-        self.segments.last_mut()
+    pub fn stored_bytes(&self) -> u64 {
+        self.stored_bytes
     }
 
-    pub fn stored_bytes(&self) -> u64 {
-        self.segments.iter().map(|s| s.file_len).sum()
+    /// WAL (in LSN bytes) that is stored but corrupt.
+    pub fn corrupt_bytes(&self) -> u64 {
+        self.corrupt_bytes
+    }
+
+    /// The first corrupt range overlapping `[from, to)`.
+    pub fn corrupt_in(&self, from: u64, to: u64) -> Option<(u64, u64)> {
+        let ranges = self.segments.iter().flat_map(|s| &s.corrupt);
+        ranges.copied().find(|(a, b)| *a < to && from < *b)
     }
 
     /// Splits `[from, to)` into per-segment pieces; the caller has checked the range is stored.
@@ -123,7 +161,12 @@ impl WalIndex {
             .iter()
             .take_while(|s| s.end_lsn <= lsn)
             .count();
-        self.segments.drain(..n).collect()
+        let removed: Vec<_> = self.segments.drain(..n).collect();
+        for segment in &removed {
+            self.stored_bytes -= segment.file_len;
+            self.corrupt_bytes -= segment.corrupt_bytes();
+        }
+        removed
     }
 }
 
@@ -174,7 +217,9 @@ mod tests {
         let ranges: Vec<_> = pieces.iter().map(|p| (p.from, p.to)).collect();
         assert_eq!(ranges, vec![(15, 20), (20, 30), (30, 33)]);
 
+        assert_eq!(index.stored_bytes(), 20 + 10 + 5 + 4 * 16);
         assert_eq!(index.remove_before(25).len(), 1);
+        assert_eq!(index.stored_bytes(), 10 + 5 + 2 * 16);
         assert_eq!(index.start_lsn(), Some(20));
         assert_eq!(index.remove_before(u64::MAX).len(), 1);
         assert_eq!((index.start_lsn(), index.end_lsn()), (Some(30), Some(35)));

@@ -64,48 +64,120 @@ pub struct TornTail {
     pub reason: &'static str,
 }
 
-/// Reads every record of a segment, building its index; stops at the first invalid record.
-pub fn scan(path: &Path, start_lsn: u64) -> io::Result<(SegmentEntry, Option<TornTail>)> {
-    let file = File::open(path)?;
-    let file_len = file.metadata()?.len();
-    let mut reader = BufReader::with_capacity(1 << 20, file);
+/// Bytes of a segment that are not a valid record although valid records (or, in a sealed
+/// segment, the next segment) follow: corruption, not a torn write, which is always at the end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Corrupt {
+    /// The bad bytes: `[offset, end_offset)` of the file.
+    pub offset: u64,
+    pub end_offset: u64,
+    /// The WAL they held, which can no longer be served.
+    pub from_lsn: u64,
+    pub to_lsn: u64,
+    pub reason: &'static str,
+}
+
+/// What scanning a segment found.
+#[derive(Debug)]
+pub struct Scan {
+    pub entry: SegmentEntry,
+    pub corrupt: Vec<Corrupt>,
+    pub torn: Option<TornTail>,
+}
+
+/// Checks the record at the start of `bytes`, which must continue at `expected_lsn`; returns its
+/// payload length.
+fn check_record(bytes: &[u8], expected_lsn: u64) -> Result<u64, &'static str> {
+    let Some(raw) = bytes.get(..RECORD_HEADER_LEN as usize) else {
+        return Err("incomplete record header");
+    };
+    let header = Header::parse(raw.try_into().expect("header length"));
+    if header.len == 0 || header.len > MAX_RECORD_LEN {
+        return Err("record length out of range");
+    }
+    let Some(data) = bytes[RECORD_HEADER_LEN as usize..].get(..header.len as usize) else {
+        return Err("incomplete record payload");
+    };
+    if header.start_lsn != expected_lsn {
+        return Err("record does not continue the previous one");
+    }
+    if !header.crc_matches(data) {
+        return Err("record CRC mismatch");
+    }
+    Ok(u64::from(header.len))
+}
+
+/// After an invalid record at `offset` (where LSN `lsn` should have started): the next valid
+/// record, as (offset, LSN), if any.
+fn next_valid_record(bytes: &[u8], offset: usize, lsn: u64) -> Option<(usize, u64)> {
+    // Rot usually hits the payload and leaves the header saying where the next record starts.
+    if let Some(raw) = bytes.get(offset..offset + RECORD_HEADER_LEN as usize) {
+        let header = Header::parse(raw.try_into().expect("header length"));
+        let next = offset + RECORD_HEADER_LEN as usize + header.len as usize;
+        let next_lsn = lsn + u64::from(header.len);
+        if header.start_lsn == lsn
+            && (1..=MAX_RECORD_LEN).contains(&header.len)
+            && next < bytes.len()
+            && check_record(&bytes[next..], next_lsn).is_ok()
+        {
+            return Some((next, next_lsn));
+        }
+    }
+    // Else the first later offset holding a valid record whose LSN is reachable from here: the
+    // LSN advances by at most the number of bytes skipped.
+    let last = bytes.len().checked_sub(RECORD_HEADER_LEN as usize)?;
+    (offset + 1..=last).find_map(|at| {
+        let header = Header::parse(bytes[at..at + RECORD_HEADER_LEN as usize].try_into().ok()?);
+        let reachable = header.start_lsn >= lsn && header.start_lsn - lsn <= (at - offset) as u64;
+        (reachable && check_record(&bytes[at..], header.start_lsn).is_ok()).then_some((at, header.start_lsn))
+    })
+}
+
+/// Reads every record of a segment, building its index. A run of invalid bytes followed by a
+/// valid record is corruption: it is skipped (and reported) and the scan goes on. An invalid
+/// record with nothing valid after it ends the scan: in the last segment that is a torn tail;
+/// in a sealed one (`next_start`: where the next segment starts) it is corruption up to the end.
+pub fn scan(path: &Path, start_lsn: u64, next_start: Option<u64>) -> io::Result<Scan> {
+    let bytes = std::fs::read(path)?;
+    let file_len = bytes.len() as u64;
     let mut entry = SegmentEntry::new(path.to_path_buf(), start_lsn);
-    let mut data = Vec::new();
+    let mut corrupt = Vec::new();
     let torn = loop {
-        let offset = entry.file_len;
-        if offset == file_len {
+        let offset = entry.file_len as usize;
+        if offset == bytes.len() {
             break None;
         }
-        let torn = |reason| {
-            Some(TornTail {
-                offset,
-                file_len,
-                reason,
-            })
+        let reason = match check_record(&bytes[offset..], entry.end_lsn) {
+            Ok(len) => {
+                entry.note_record(entry.end_lsn, len);
+                continue;
+            }
+            Err(reason) => reason,
         };
-        if file_len - offset < RECORD_HEADER_LEN {
-            break torn("incomplete record header");
+        let resume = next_valid_record(&bytes, offset, entry.end_lsn)
+            .or_else(|| next_start.map(|next| (bytes.len(), next)))
+            .filter(|(_, lsn)| *lsn >= entry.end_lsn);
+        match resume {
+            Some((end_offset, to_lsn)) => {
+                corrupt.push(Corrupt {
+                    offset: offset as u64,
+                    end_offset: end_offset as u64,
+                    from_lsn: entry.end_lsn,
+                    to_lsn,
+                    reason,
+                });
+                entry.skip_corrupt(to_lsn, end_offset as u64);
+            }
+            None => {
+                break Some(TornTail {
+                    offset: offset as u64,
+                    file_len,
+                    reason,
+                })
+            }
         }
-        let mut raw = [0u8; RECORD_HEADER_LEN as usize];
-        reader.read_exact(&mut raw)?;
-        let header = Header::parse(raw);
-        if header.len == 0 || header.len > MAX_RECORD_LEN {
-            break torn("record length out of range");
-        }
-        if file_len - offset - RECORD_HEADER_LEN < u64::from(header.len) {
-            break torn("incomplete record payload");
-        }
-        if header.start_lsn != entry.end_lsn {
-            break torn("record does not continue the previous one");
-        }
-        data.resize(header.len as usize, 0);
-        reader.read_exact(&mut data)?;
-        if !header.crc_matches(&data) {
-            break torn("record CRC mismatch");
-        }
-        entry.note_record(header.start_lsn, u64::from(header.len));
     };
-    Ok((entry, torn))
+    Ok(Scan { entry, corrupt, torn })
 }
 
 /// Appends to `out` the bytes `[from, to)` of the segment, reading records from `mark` on and
@@ -172,27 +244,84 @@ mod tests {
     }
 
     #[test]
-    fn scan_stops_at_torn_or_corrupt_tail() {
+    fn scan_stops_at_a_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(file_name(100));
         write_records(&path, 100, &[b"abc", b"defg"]);
-        let (entry, torn) = scan(&path, 100).unwrap();
-        assert_eq!((entry.end_lsn, entry.file_len, torn), (107, 39, None));
+        let scan = scan(&path, 100, None).unwrap();
+        assert_eq!(
+            (scan.entry.end_lsn, scan.entry.file_len, scan.torn),
+            (107, 39, None)
+        );
 
         // Half a record appended: torn at the end of the second record.
         let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(&encode_header(107, b"xyz")[..10]).unwrap();
-        let (entry, torn) = scan(&path, 100).unwrap();
-        assert_eq!(entry.end_lsn, 107);
-        assert_eq!(torn.unwrap().offset, 39);
+        let scan = super::scan(&path, 100, None).unwrap();
+        assert_eq!(scan.entry.end_lsn, 107);
+        assert_eq!(scan.torn.unwrap().offset, 39);
+        assert!(scan.corrupt.is_empty());
 
-        // A flipped payload byte in the second record: only the first survives.
-        let mut bytes = std::fs::read(&path).unwrap();
+        // The last record failing its CRC, nothing valid after it: indistinguishable from a
+        // torn write, cut as one.
+        let mut bytes = std::fs::read(&path).unwrap()[..39].to_vec();
         bytes[19 + 16] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();
-        let (entry, torn) = scan(&path, 100).unwrap();
-        assert_eq!(entry.end_lsn, 103);
-        assert_eq!(torn.unwrap().reason, "record CRC mismatch");
+        let scan = super::scan(&path, 100, None).unwrap();
+        assert_eq!(scan.entry.end_lsn, 103);
+        assert_eq!(scan.torn.unwrap().reason, "record CRC mismatch");
+        assert!(scan.corrupt.is_empty());
+    }
+
+    #[test]
+    fn a_bad_record_with_valid_records_after_it_is_corruption_not_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(file_name(100));
+        write_records(&path, 100, &[b"abc", b"defg", b"hi", b"jklmn"]);
+        let clean = std::fs::read(&path).unwrap();
+
+        // A payload byte of the second record rots: its header still says where the next is.
+        let mut bytes = clean.clone();
+        bytes[19 + 16 + 1] ^= 0x10;
+        std::fs::write(&path, &bytes).unwrap();
+        let scan = scan(&path, 100, None).unwrap();
+        assert_eq!(scan.torn, None);
+        assert_eq!(
+            scan.corrupt,
+            vec![Corrupt {
+                offset: 19,
+                end_offset: 39,
+                from_lsn: 103,
+                to_lsn: 107,
+                reason: "record CRC mismatch",
+            }]
+        );
+        assert_eq!(
+            (scan.entry.end_lsn, scan.entry.file_len),
+            (114, clean.len() as u64)
+        );
+
+        // Its length field rots: found again by the first valid record after it.
+        let mut bytes = clean.clone();
+        bytes[19 + 4] ^= 0x40;
+        std::fs::write(&path, &bytes).unwrap();
+        let scan = super::scan(&path, 100, None).unwrap();
+        assert_eq!(scan.torn, None);
+        let corrupt = &scan.corrupt[0];
+        assert_eq!((corrupt.offset, corrupt.end_offset), (19, 39));
+        assert_eq!((corrupt.from_lsn, corrupt.to_lsn), (103, 107));
+        assert_eq!(scan.entry.end_lsn, 114);
+
+        // In a sealed segment, the last record rotting is corruption up to where the next
+        // segment starts.
+        let mut bytes = clean.clone();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let scan = super::scan(&path, 100, Some(114)).unwrap();
+        assert_eq!(scan.torn, None);
+        assert_eq!((scan.corrupt[0].from_lsn, scan.corrupt[0].to_lsn), (109, 114));
+        assert_eq!(scan.entry.end_lsn, 114);
     }
 
     #[test]

@@ -1,13 +1,12 @@
-//! The writer thread of a timeline: applies every change in order and group-commits appends.
+//! The writer side of a timeline (under its lock): applies every change and tracks group commit.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ibd_api::walsync::{Checkpoint, CheckpointRecord, Geometry, GeometryRecord, TermResponse};
-use tokio::sync::mpsc;
 
-use super::{check_term, Append, Command, MetadataChange, Reply, State};
+use super::{check_term, State};
 use crate::error::WalError;
 use crate::metrics::{Metrics, ReasonLabel, TimelineLabel};
 use crate::storage::checkpoints::CheckpointLog;
@@ -27,25 +26,23 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-struct Pending {
-    reply: Reply<u64>,
-    arrived: Instant,
-}
-
-/// The writer thread's side of a timeline.
 pub(super) struct Writer {
     /// Holds `timeline.json`.
     dir: PathBuf,
     checkpoint_log: CheckpointLog,
-    wal: WalStore,
+    pub(super) wal: WalStore,
     reader: WalReader,
     /// A branch's WAL continues its parent's at this LSN.
     base_lsn: Option<u64>,
     state: Arc<RwLock<State>>,
     metrics: Metrics,
     label: TimelineLabel,
-    /// Appends written but not yet acknowledged: they wait for the batch's fdatasync.
-    pending: Vec<Pending>,
+    /// An appender is in an fdatasync outside the lock; the others wait for it.
+    pub(super) syncing: bool,
+    /// Threads waiting for that fdatasync to end.
+    pub(super) waiting: usize,
+    /// Appends written since the last fdatasync started (the next one's batch).
+    pub(super) unsynced_appends: usize,
 }
 
 impl Writer {
@@ -67,92 +64,76 @@ impl Writer {
             state,
             metrics: metrics.clone(),
             label,
-            pending: Vec::new(),
+            syncing: false,
+            waiting: 0,
+            unsynced_appends: 0,
         }
     }
 
-    pub(super) fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
-        while let Some(command) = rx.blocking_recv() {
-            self.handle(command);
-            // Everything that queued up meanwhile joins this batch: one fdatasync for all.
-            while let Ok(command) = rx.try_recv() {
-                self.handle(command);
-            }
-            self.flush();
-        }
+    /// The durable end of the timeline's WAL (a branch without WAL of its own: its branch LSN).
+    pub(super) fn durable(&self) -> Option<u64> {
+        self.wal.synced_end().or(self.base_lsn)
     }
 
-    fn handle(&mut self, command: Command) {
-        match command {
-            Command::Append(append) => self.append(append),
-            Command::Metadata(change) => {
-                // Metadata changes see (and record) a durable LSN that includes every earlier append.
-                self.flush();
-                self.change_metadata(change);
-            }
-        }
+    pub(super) fn failure(&self) -> Option<String> {
+        self.state.read().expect("state lock").failed.clone()
     }
 
-    fn append(&mut self, append: Append) {
-        let Append {
-            term,
-            start_lsn,
-            data,
-            arrived,
-            reply,
-        } = append;
-        match self.check_term(term).and_then(|()| self.write(start_lsn, &data)) {
-            Ok(()) => self.pending.push(Pending { reply, arrived }),
-            Err(e) => {
-                self.metrics
-                    .rejected_appends
-                    .get_or_create(&ReasonLabel { reason: e.code() })
-                    .inc();
-                let _ = reply.send(Err(e));
-            }
-        }
+    pub(super) fn count_rejected(&self, e: &WalError) {
+        self.metrics
+            .rejected_appends
+            .get_or_create(&ReasonLabel { reason: e.code() })
+            .inc();
     }
 
-    fn change_metadata(&mut self, change: MetadataChange) {
-        match change {
-            MetadataChange::AcquireTerm { proposed, reply } => {
-                let _ = reply.send(self.acquire_term(proposed));
-            }
-            MetadataChange::SetGeometry {
-                term,
-                geometry,
-                reply,
-            } => {
-                let _ = reply.send(self.check_term(term).and_then(|()| self.set_geometry(geometry)));
-            }
-            MetadataChange::AddCheckpoint {
-                term,
-                checkpoint,
-                reply,
-            } => {
-                let _ = reply.send(
-                    self.check_term(term)
-                        .and_then(|()| self.add_checkpoint(checkpoint)),
-                );
-            }
-            MetadataChange::RemoveBefore { lsn, reply } => {
-                let _ = reply.send(self.remove_before(lsn));
-            }
-        }
+    /// Records an fdatasync that made the WAL durable up to `end`, and publishes it.
+    pub(super) fn synced(&mut self, end: u64, batch: usize, took: Duration) {
+        self.metrics.fsync_latency.observe(took.as_secs_f64());
+        self.metrics.fsync_batch_appends.observe(batch as f64);
+        self.wal.mark_synced(end);
+        self.publish_durable();
     }
 
-    fn check_term(&self, given: u64) -> Result<(), WalError> {
+    /// Makes everything written durable with the lock held (no fdatasync may be in progress).
+    pub(super) fn sync_in_lock(&mut self) -> Result<(), WalError> {
+        if let Some(failure) = self.failure() {
+            return Err(WalError::Failed(failure));
+        }
+        let Some(target) = self.wal.sync_target() else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let synced = target.sync();
+        self.persist(synced)?;
+        let batch = std::mem::take(&mut self.unsynced_appends);
+        self.synced(target.end, batch, started.elapsed());
+        Ok(())
+    }
+
+    fn publish_durable(&self) {
+        self.state.write().expect("state lock").durable_lsn = self.durable();
+        self.publish_gauges();
+    }
+
+    pub(super) fn check_term(&self, given: u64) -> Result<(), WalError> {
         check_term(&self.state.read().expect("state lock"), given)
     }
 
-    /// Writes the part of `data` not yet stored, after checking the rest matches what is.
-    fn write(&mut self, start_lsn: u64, data: &[u8]) -> Result<(), WalError> {
+    /// Writes the part of `data` not yet stored, after checking the rest matches what is; returns
+    /// the LSN the WAL must be durable up to for this append to be acknowledged.
+    pub(super) fn write(&mut self, start_lsn: u64, data: &[u8]) -> Result<u64, WalError> {
+        let end = self.write_unsynced(start_lsn, data)?;
+        self.unsynced_appends += 1;
+        Ok(end)
+    }
+
+    fn write_unsynced(&mut self, start_lsn: u64, data: &[u8]) -> Result<u64, WalError> {
         let data_end = start_lsn
             .checked_add(data.len() as u64)
             .filter(|_| !data.is_empty())
             .ok_or_else(|| WalError::BadRequest(format!("empty or overflowing append at LSN {start_lsn}")))?;
         let Some(end) = self.wal.end_lsn().or(self.base_lsn) else {
-            return self.write_new(start_lsn, data);
+            return self.write_new(start_lsn, data).map(|()| data_end);
         };
         if start_lsn > end {
             return Err(WalError::Gap {
@@ -161,7 +142,7 @@ impl Writer {
             });
         }
         if start_lsn == end {
-            return self.write_new(start_lsn, data);
+            return self.write_new(start_lsn, data).map(|()| data_end);
         }
         // A resend of (a prefix of) stored bytes: accept only what matches them exactly.
         let own_start = self.reader.bounds().map_or(end, |(start, _)| start);
@@ -172,7 +153,10 @@ impl Writer {
             });
         }
         let overlap_end = data_end.min(end);
-        let stored = self.reader.read(start_lsn, overlap_end)?;
+        let stored = self
+            .reader
+            .read(start_lsn, overlap_end)
+            .map_err(|e| super::read_error(e, &self.label.timeline, &self.metrics))?;
         let sent = &data[..(overlap_end - start_lsn) as usize];
         if let Some(i) = stored.iter().zip(sent).position(|(a, b)| a != b) {
             return Err(WalError::OverlapMismatch {
@@ -181,58 +165,25 @@ impl Writer {
             });
         }
         if data_end <= end {
-            return Ok(());
+            return Ok(data_end);
         }
         self.write_new(end, &data[(end - start_lsn) as usize..])
+            .map(|()| data_end)
     }
 
     fn write_new(&mut self, start_lsn: u64, data: &[u8]) -> Result<(), WalError> {
+        let synced_before = self.wal.synced_end();
         self.wal.append(start_lsn, data).map_err(|e| self.fail(e))?;
         self.metrics.appended_bytes.inc_by(data.len() as u64);
+        if self.wal.synced_end() != synced_before {
+            // Starting a segment synced the one before it.
+            self.publish_durable();
+        }
         Ok(())
     }
 
-    /// Makes the batch durable and answers it.
-    fn flush(&mut self) {
-        if self.pending.is_empty() {
-            return;
-        }
-        let started = Instant::now();
-        let synced = self.wal.sync();
-        let result = match synced {
-            Ok(did_sync) => {
-                if did_sync {
-                    self.metrics
-                        .fsync_latency
-                        .observe(started.elapsed().as_secs_f64());
-                }
-                let durable = self.wal.end_lsn().or(self.base_lsn);
-                self.state.write().expect("state lock").durable_lsn = durable;
-                self.publish_gauges();
-                Ok(durable.expect("an acknowledged append means WAL exists"))
-            }
-            Err(e) => Err(self.fail(e).to_string()),
-        };
-        self.metrics
-            .fsync_batch_appends
-            .observe(self.pending.len() as f64);
-        for pending in self.pending.drain(..) {
-            let answer = match &result {
-                Ok(durable) => {
-                    self.metrics.appends.inc();
-                    self.metrics
-                        .append_latency
-                        .observe(pending.arrived.elapsed().as_secs_f64());
-                    Ok(*durable)
-                }
-                Err(message) => Err(WalError::Failed(message.clone())),
-            };
-            let _ = pending.reply.send(answer);
-        }
-    }
-
     /// Marks the timeline failed after an I/O error and passes the error on.
-    fn fail(&self, e: std::io::Error) -> WalError {
+    pub(super) fn fail(&self, e: std::io::Error) -> WalError {
         tracing::error!(timeline = %self.label.timeline, error = %e, "WAL storage failed; refusing changes until restart");
         self.state.write().expect("state lock").failed = Some(e.to_string());
         WalError::Io(e)
@@ -243,7 +194,7 @@ impl Writer {
         result.map_err(|e| self.fail(e))
     }
 
-    fn acquire_term(&self, proposed: Option<u64>) -> Result<TermResponse, WalError> {
+    pub(super) fn acquire_term(&self, proposed: Option<u64>) -> Result<TermResponse, WalError> {
         let (mut header, durable_lsn) = {
             let state = self.state.read().expect("state lock");
             if let Some(failure) = &state.failed {
@@ -274,7 +225,7 @@ impl Writer {
         Ok(TermResponse { term, durable_lsn })
     }
 
-    fn set_geometry(&self, geometry: Geometry) -> Result<GeometryRecord, WalError> {
+    pub(super) fn set_geometry(&self, geometry: Geometry) -> Result<GeometryRecord, WalError> {
         if geometry.file_size <= LOG_START_OFFSET || geometry.creator.len() > MAX_CREATOR_LEN {
             return Err(WalError::BadRequest(format!(
                 "invalid geometry: file_size must exceed {LOG_START_OFFSET} and creator be at most \
@@ -307,7 +258,7 @@ impl Writer {
         Ok(record)
     }
 
-    fn add_checkpoint(&mut self, checkpoint: Checkpoint) -> Result<CheckpointRecord, WalError> {
+    pub(super) fn add_checkpoint(&mut self, checkpoint: Checkpoint) -> Result<CheckpointRecord, WalError> {
         if checkpoint.end_lsn < checkpoint.checkpoint_lsn {
             return Err(WalError::BadRequest(format!(
                 "checkpoint end_lsn {} is below checkpoint_lsn {}",
@@ -354,7 +305,7 @@ impl Writer {
         Ok(record)
     }
 
-    fn remove_before(&mut self, lsn: u64) -> Result<u64, WalError> {
+    pub(super) fn remove_before(&mut self, lsn: u64) -> Result<u64, WalError> {
         let removed = self.wal.remove_before(lsn);
         let freed = self.persist(removed)?;
         if freed == 0 {
@@ -393,5 +344,9 @@ impl Writer {
             .stored_bytes
             .get_or_create(&self.label)
             .set(self.reader.stored_bytes() as i64);
+        self.metrics
+            .corrupt_wal_bytes
+            .get_or_create(&self.label)
+            .set(self.reader.corrupt_bytes() as i64);
     }
 }
