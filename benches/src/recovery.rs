@@ -167,7 +167,7 @@ fn backup_restore(
     ));
     mariadb::install(&datadir, &run_dir, &raw("install-db"))?;
     let server = Server::start(&datadir, &run_dir, args)?;
-    let rows = load(&server, size_mib)?;
+    let rows = load(&server, size_mib, progress)?;
     let mut backup_command = mariadb_backup(&["--backup"]);
     backup_command.arg(format!("--target-dir={}", backup.display()));
     backup_command
@@ -271,7 +271,7 @@ fn fresh_node(
     let mount = node.mount()?;
     mariadb::install(&node.mountpoint, &run_dir, &raw("install-db"))?;
     let server = Server::start(&node.mountpoint, &run_dir, args)?;
-    let rows = load(&server, size_mib)?;
+    let rows = load(&server, size_mib, progress)?;
     server.kill()?;
     mount.crash()?;
     let mut runs = Vec::new();
@@ -351,8 +351,8 @@ fn mariadb_backup(args: &[&str]) -> Command {
 }
 
 /// Fills bench.recovery_data with about `size_mib` of rows, using the bundled Sequence engine;
-/// returns the number of rows.
-fn load(server: &Server, size_mib: u64) -> Result<u64> {
+/// returns the number of rows. Notes every tenth of a big load: 10 GiB take many minutes.
+fn load(server: &Server, size_mib: u64, progress: &Progress) -> Result<u64> {
     server.query("CREATE DATABASE bench")?;
     server.query("CREATE TABLE bench.recovery_data (id BIGINT PRIMARY KEY, payload VARBINARY(4000) NOT NULL) ENGINE=InnoDB")?;
     let rows = (size_mib * 1024 * 1024 / ROW_BYTES).max(1);
@@ -366,6 +366,10 @@ fn load(server: &Server, size_mib: u64) -> Result<u64> {
             ROW_BYTES / 32
         );
         server.query(&sql).context("loading recovery data")?;
+        let tenths = |row: u64| row * 10 / rows;
+        if rows > 10 * ROWS_PER_STATEMENT && tenths(last) > tenths(first - 1) {
+            progress.note(&format!("loaded {}% of {size_mib} MiB", tenths(last) * 10));
+        }
         first = last + 1;
     }
     Ok(rows)
