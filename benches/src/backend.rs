@@ -78,6 +78,41 @@ impl PreparedBackend {
         Ok(())
     }
 
+    /// Lets the previous step's leftovers finish before the next is measured, so no step pays
+    /// for the one before: dirty page cache (bindfs and fuse-ibd write their backing files
+    /// buffered) is written back, and a fuse-ibd node shipping to the services drains its upload
+    /// queue. Bounded: past [`SETTLE_TIMEOUT`] it warns and lets the step run anyway.
+    pub fn settle(&self) -> Result<()> {
+        // SAFETY: sync has no preconditions.
+        unsafe { libc::sync() };
+        if self.storage.is_none() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let queued_at_start = fuse_ibd_status(&self.dir, "upload_queue_pages")?;
+        loop {
+            let queued = fuse_ibd_status(&self.dir, "upload_queue_pages")?;
+            if queued == 0 {
+                if started.elapsed() > Duration::from_secs(1) {
+                    eprintln!(
+                        "{}: waited {:.1} s for {queued_at_start} queued page uploads before measuring",
+                        self.name,
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+                return Ok(());
+            }
+            if started.elapsed() > SETTLE_TIMEOUT {
+                eprintln!(
+                    "warning: {}: {queued} pages still not uploaded after {SETTLE_TIMEOUT:?}; measuring anyway",
+                    self.name
+                );
+                return Ok(());
+            }
+            process::sleep_interruptible(Duration::from_millis(20))?;
+        }
+    }
+
     /// Starts measuring what the backend's own processes do during one step.
     pub fn cost_meter(&self) -> Result<CostMeter> {
         let meter = |pid: Option<u32>| pid.map(CpuMeter::start).transpose();
@@ -94,6 +129,9 @@ impl PreparedBackend {
         })
     }
 }
+
+/// How long [`PreparedBackend::settle`] waits for an upload queue to drain.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The status key counting pages a fuse-ibd mount fetched from the pageserver.
 const FETCHED_PAGES: &str = "remote_fetched_pages";

@@ -186,6 +186,7 @@ fn run_job(
     command
         .arg("--output-format=json")
         .arg(format!("--output={}", json_path.display()));
+    backend.settle()?;
     let cost = backend.cost_meter()?;
     let timeout = Duration::from_secs(u64::from(settings.runtime_s + settings.ramp_s) + 120);
     process::run_logged(&mut command, "fio", &raw_dir.join(format!("{stem}.log")), timeout)?;

@@ -278,6 +278,7 @@ fn measure(
         format!("--time={}", settings.runtime_s),
         "--percentile=99".to_string(),
     ];
+    backend.settle()?;
     let server_cpu = CpuMeter::start(server.pid())?;
     let cost = backend.cost_meter()?;
     run_sysbench(settings, server, workload, "run", &args, log)?;
