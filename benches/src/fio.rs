@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::PreparedBackend;
-use crate::process::{self, CpuMeter};
+use crate::backend::{BackendCost, PreparedBackend};
+use crate::process;
 use crate::progress::Progress;
 use crate::report::Sample;
 
@@ -42,8 +42,9 @@ pub struct FioMetrics {
     pub fdatasync: Option<OpLatency>,
     /// fio's own user+system CPU, percent of one core per job.
     pub fio_cpu_pct: f64,
-    /// CPU of the backend's daemon during the job (ramp included), percent of one core.
-    pub daemon_cpu_pct: Option<f64>,
+    /// The backend's daemon and services during the job (ramp included).
+    #[serde(flatten)]
+    pub backend: BackendCost,
 }
 
 /// Latency distribution of one kind of operation: total latency (submission + completion) of
@@ -96,9 +97,7 @@ impl Sample for FioRun {
             }
         }
         values.push(("fio CPU %".to_string(), self.metrics.fio_cpu_pct));
-        if let Some(cpu) = self.metrics.daemon_cpu_pct {
-            values.push(("daemon CPU %".to_string(), cpu));
-        }
+        values.extend(self.metrics.backend.values());
         values
     }
 }
@@ -121,17 +120,22 @@ pub fn available_jobs(fio_dir: &Path) -> Result<Vec<String>> {
     Ok(jobs)
 }
 
+/// The benchmark file in each backend's directory: a tablespace name, so fuse-ibd serves it
+/// like InnoDB's data files.
+const FILE_NAME: &str = "fio-bench.ibd";
+
 /// Runs every job on every backend, `iterations` times, alternating backends job by job so
-/// that drift on the machine hits all backends alike.
+/// that drift on the machine hits all backends alike. Cold backends get a fresh node before
+/// each job. The file is deleted at the end: MariaDB's datadir is the same directory.
 pub fn run_suite(
     settings: &FioSettings,
-    backends: &[PreparedBackend],
+    backends: &mut [PreparedBackend],
     iterations: u32,
     raw_dir: &Path,
 ) -> Result<Vec<FioRun>> {
     std::fs::create_dir_all(raw_dir)?;
     let mut progress = Progress::new("fio", iterations as usize * settings.jobs.len() * backends.len());
-    for backend in backends {
+    for backend in backends.iter() {
         progress.note(&format!(
             "laying out {} MiB on {}",
             settings.file_size_mib, backend.name
@@ -143,8 +147,11 @@ pub fn run_suite(
     let mut runs = Vec::new();
     for iteration in 1..=iterations {
         for job in &settings.jobs {
-            for backend in backends {
+            for backend in backends.iter_mut() {
                 process::check_interrupted()?;
+                backend
+                    .fresh_node()
+                    .with_context(|| format!("mounting a fresh node of {}", backend.name))?;
                 let run = run_job(settings, job, backend, iteration, raw_dir)
                     .with_context(|| format!("fio job {job} on {}", backend.name))?;
                 progress.step_done(
@@ -154,6 +161,10 @@ pub fn run_suite(
                 runs.push(run);
             }
         }
+    }
+    for backend in backends.iter() {
+        std::fs::remove_file(backend.dir.join(FILE_NAME))
+            .with_context(|| format!("deleting the fio file on {}", backend.name))?;
     }
     Ok(runs)
 }
@@ -175,11 +186,12 @@ fn run_job(
     command
         .arg("--output-format=json")
         .arg(format!("--output={}", json_path.display()));
-    let daemon_cpu = backend.daemon_pid().map(CpuMeter::start).transpose()?;
+    backend.settle()?;
+    let cost = backend.cost_meter()?;
     let timeout = Duration::from_secs(u64::from(settings.runtime_s + settings.ramp_s) + 120);
     process::run_logged(&mut command, "fio", &raw_dir.join(format!("{stem}.log")), timeout)?;
     let mut metrics = parse_output(&std::fs::read_to_string(&json_path)?)?;
-    metrics.daemon_cpu_pct = daemon_cpu.map(|meter| meter.percent_of_one_core()).transpose()?;
+    metrics.backend = cost.finish()?;
     Ok(FioRun {
         job: job.to_string(),
         backend: backend.name.to_string(),
@@ -192,8 +204,7 @@ fn fio_command(settings: &FioSettings, backend: &PreparedBackend, job_file: &Pat
     let mut command = Command::new("fio");
     command
         .arg(job_file)
-        // A tablespace name, so fuse-ibd serves it like InnoDB's data files.
-        .env("IBD_BENCH_FILE", backend.dir.join("fio-bench.ibd"))
+        .env("IBD_BENCH_FILE", backend.dir.join(FILE_NAME))
         .env("IBD_BENCH_FILE_SIZE", format!("{}m", settings.file_size_mib))
         .env("IBD_BENCH_RUNTIME", settings.runtime_s.to_string())
         .env("IBD_BENCH_RAMP", settings.ramp_s.to_string());
@@ -207,9 +218,7 @@ fn describe(metrics: &FioMetrics) -> String {
             out.push_str(&format!(", {op} p50 {p50:.0} µs"));
         }
     }
-    if let Some(cpu) = metrics.daemon_cpu_pct {
-        out.push_str(&format!(", daemon CPU {cpu:.0}%"));
-    }
+    out.push_str(&metrics.backend.describe());
     out
 }
 
@@ -276,7 +285,7 @@ impl FioLatencyOutput {
     }
 }
 
-/// Reads fio's JSON (one job entry: the job files use group_reporting). Daemon CPU is not in it.
+/// Reads fio's JSON (one job entry: the job files use group_reporting). The backend's cost is not in it.
 pub fn parse_output(json: &str) -> Result<FioMetrics> {
     let output: FioOutput = serde_json::from_str(json).context("fio output is not the expected JSON")?;
     let [job] = output.jobs.as_slice() else {
@@ -295,7 +304,7 @@ pub fn parse_output(json: &str) -> Result<FioMetrics> {
         // fio counts syncs in lat_ns.N; sync.total_ios stays 0.
         fdatasync: job.sync.lat_ns.to_latency(job.sync.lat_ns.count)?,
         fio_cpu_pct: job.usr_cpu + job.sys_cpu,
-        daemon_cpu_pct: None,
+        backend: BackendCost::default(),
     })
 }
 

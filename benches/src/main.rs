@@ -8,8 +8,10 @@ mod plot;
 mod process;
 mod progress;
 mod recovery;
+mod remote;
 mod report;
 mod stats;
+mod stubfs;
 mod sysbench;
 
 use std::collections::BTreeMap;
@@ -20,6 +22,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 
 use crate::backend::PreparedBackend;
+use crate::remote::FuseIbdBinaries;
 use crate::report::{BackendInfo, Environment, Results, SuiteResults};
 
 #[derive(Parser)]
@@ -44,7 +47,7 @@ struct Cli {
     /// Where backends put their data; must be on the local disk under test.
     #[arg(long, default_value = "/var/tmp")]
     work_dir: PathBuf,
-    /// fuse-ibd binary for the fuse-ibd backends [default: `fuse-ibd` on PATH, else this workspace's target/release/fuse-ibd].
+    /// fuse-ibd binary for the fuse-ibd backends and recovery; pageserver-lite and walsync are taken from the same directory [default: beside this runner (same target dir), else `fuse-ibd` on PATH, else this workspace's target/release/fuse-ibd].
     #[arg(long)]
     fuse_ibd_bin: Option<PathBuf>,
 
@@ -86,6 +89,13 @@ struct Cli {
     /// Data sizes for the recovery measurement [default: 1024,10240; quick: 32].
     #[arg(long, value_delimiter = ',')]
     recovery_sizes_mib: Vec<u64>,
+    /// Ways back after losing the local disk: mariadb-backup (restore, the baseline), fuse-ibd-fresh-node.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "mariadb-backup,fuse-ibd-fresh-node"
+    )]
+    recovery_methods: Vec<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -135,6 +145,19 @@ fn pick_list<T: Clone>(given: &[T], quick: bool, quick_default: &[T], full_defau
 }
 
 fn main() {
+    // The fuse-ibd-stub backend runs this same binary as its FUSE daemon.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|arg| arg == stubfs::SUBCOMMAND) {
+        let result = args
+            .next()
+            .context("usage: ibd-benches __serve-stub-fs <mountpoint>")
+            .and_then(|mountpoint| stubfs::serve(Path::new(&mountpoint)));
+        if let Err(err) = result {
+            eprintln!("error: {err:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
     let cli = Cli::parse();
     if let Err(err) = process::install_interrupt_handler().and_then(|()| run(&cli)) {
         eprintln!("error: {err:#}");
@@ -156,13 +179,18 @@ fn run(cli: &Cli) -> Result<()> {
         .clone()
         .unwrap_or_else(|| manifest_dir.join("results").join(stamp));
     let raw_dir = out.join("raw");
+    let fuse_ibd = FuseIbdBinaries::beside(
+        &cli.fuse_ibd_bin
+            .clone()
+            .unwrap_or_else(|| default_fuse_ibd_bin(manifest_dir)),
+    );
     let needs_backends = cli.suite.includes(Suite::Fio) || cli.suite.includes(Suite::Sysbench);
     let backends = if needs_backends {
-        selected_backends(cli, manifest_dir)?
+        selected_backends(cli, &fuse_ibd)?
     } else {
         Vec::new()
     };
-    require_tools(cli.suite, &cli.backends)?;
+    require_tools(cli, needs_backends)?;
     // All settings are checked before anything is mounted or loaded.
     let fio_settings = cli
         .suite
@@ -176,7 +204,8 @@ fn run(cli: &Cli) -> Result<()> {
     let recovery_settings = cli
         .suite
         .includes(Suite::Recovery)
-        .then(|| recovery_settings(cli));
+        .then(|| recovery_settings(cli, &fuse_ibd))
+        .transpose()?;
 
     std::fs::create_dir_all(&cli.work_dir)?;
     let work = tempfile::Builder::new()
@@ -191,7 +220,7 @@ fn run(cli: &Cli) -> Result<()> {
     }
     eprintln!("results will go to {}", out.display());
     // Declared after `work` so they are torn down (unmounted) before it is deleted.
-    let prepared: Vec<PreparedBackend> = backends
+    let mut prepared: Vec<PreparedBackend> = backends
         .iter()
         .map(|backend| {
             let root = work.path().join(backend.name());
@@ -220,13 +249,13 @@ fn run(cli: &Cli) -> Result<()> {
         recovery: None,
     };
     if let Some(settings) = fio_settings {
-        let runs = fio::run_suite(&settings, &prepared, iterations, &raw_dir.join("fio"))?;
+        let runs = fio::run_suite(&settings, &mut prepared, iterations, &raw_dir.join("fio"))?;
         results.fio = Some(SuiteResults::new(settings, runs));
     }
     if let Some(mut settings) = sysbench_settings {
         let runs = sysbench::run_suite(
             &mut settings,
-            &prepared,
+            &mut prepared,
             iterations,
             work.path(),
             &raw_dir.join("sysbench"),
@@ -234,7 +263,13 @@ fn run(cli: &Cli) -> Result<()> {
         results.sysbench = Some(SuiteResults::new(settings, runs));
     }
     if let Some(mut settings) = recovery_settings {
-        let runs = recovery::run_suite(&mut settings, iterations, work.path(), &raw_dir.join("recovery"))?;
+        let runs = recovery::run_suite(
+            &mut settings,
+            iterations,
+            work.path(),
+            &raw_dir.join("recovery"),
+            &fuse_ibd,
+        )?;
         results.recovery = Some(SuiteResults::new(settings, runs));
     }
     results.duration_s = started.elapsed().as_secs_f64();
@@ -243,22 +278,12 @@ fn run(cli: &Cli) -> Result<()> {
     Ok(())
 }
 
-/// The `--backends`, checked; fuse-ibd's binary must exist before anything is set up.
-fn selected_backends(cli: &Cli, manifest_dir: &Path) -> Result<Vec<Box<dyn backend::Backend>>> {
+/// The `--backends`, checked; the fuse-ibd binaries they need must exist before anything is set up.
+fn selected_backends(cli: &Cli, fuse_ibd: &FuseIbdBinaries) -> Result<Vec<Box<dyn backend::Backend>>> {
     check_backend_names(&cli.backends)?;
-    let fuse_ibd_bin = cli
-        .fuse_ibd_bin
-        .clone()
-        .unwrap_or_else(|| default_fuse_ibd_bin(manifest_dir));
-    if cli.backends.iter().any(|b| b.starts_with("fuse-ibd")) && !fuse_ibd_bin.is_file() {
-        bail!(
-            "no fuse-ibd binary at {}: `cargo build --release -p fuse-ibd` or pass --fuse-ibd-bin",
-            fuse_ibd_bin.display()
-        );
-    }
     cli.backends
         .iter()
-        .map(|name| backend::by_name(name, &fuse_ibd_bin))
+        .map(|name| backend::by_name(name, fuse_ibd))
         .collect()
 }
 
@@ -301,13 +326,32 @@ fn sysbench_settings(cli: &Cli) -> sysbench::SysbenchSettings {
     }
 }
 
-fn recovery_settings(cli: &Cli) -> recovery::RecoverySettings {
-    recovery::RecoverySettings {
+fn recovery_settings(cli: &Cli, fuse_ibd: &FuseIbdBinaries) -> Result<recovery::RecoverySettings> {
+    let methods = cli.recovery_methods.clone();
+    for (i, method) in methods.iter().enumerate() {
+        if !recovery::METHODS.contains(&method.as_str()) {
+            bail!(
+                "no recovery method {method:?}; available: {}",
+                recovery::METHODS.join(", ")
+            );
+        }
+        if methods[..i].contains(method) {
+            bail!("recovery method {method} given twice");
+        }
+    }
+    if methods.iter().any(|m| m == recovery::FRESH_NODE) {
+        fuse_ibd
+            .check(true)
+            .context("recovery method fuse-ibd-fresh-node")?;
+    }
+    Ok(recovery::RecoverySettings {
         sizes_mib: pick_list(&cli.recovery_sizes_mib, cli.quick, &[32], &[1024, 10240]),
+        methods,
         buffer_pool_mib: 256,
         first_query: recovery::FIRST_QUERY.to_string(),
+        full_scan: recovery::FULL_SCAN.to_string(),
         server_args: Vec::new(),
-    }
+    })
 }
 
 fn to_strings(items: &[&str]) -> Vec<String> {
@@ -329,8 +373,16 @@ fn check_backend_names(names: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// The fuse-ibd built with this runner first (`cargo build --release -p ibd-benches -p fuse-ibd
+/// ...` puts both in one target dir, whatever CARGO_TARGET_DIR says), so a run measures the
+/// fuse-ibd of the checked-out source rather than an older one installed elsewhere.
 fn default_fuse_ibd_bin(manifest_dir: &Path) -> PathBuf {
-    find_on_path("fuse-ibd").unwrap_or_else(|| manifest_dir.join("../target/release/fuse-ibd"))
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("fuse-ibd")))
+        .filter(|candidate| candidate.is_file())
+        .or_else(|| find_on_path("fuse-ibd"))
+        .unwrap_or_else(|| manifest_dir.join("../target/release/fuse-ibd"))
 }
 
 fn find_on_path(program: &str) -> Option<PathBuf> {
@@ -341,7 +393,8 @@ fn find_on_path(program: &str) -> Option<PathBuf> {
 }
 
 /// Fails early, naming the missing programs, instead of minutes into a run.
-fn require_tools(suite: Suite, backends: &[String]) -> Result<()> {
+fn require_tools(cli: &Cli, needs_backends: bool) -> Result<()> {
+    let suite = cli.suite;
     let mut tools = Vec::new();
     if suite.includes(Suite::Fio) {
         tools.push("fio");
@@ -352,10 +405,14 @@ fn require_tools(suite: Suite, backends: &[String]) -> Result<()> {
     if suite.includes(Suite::Recovery) {
         tools.extend(["mariadbd", "mariadb-install-db", "mariadb", "mariadb-backup"]);
     }
-    if (suite.includes(Suite::Fio) || suite.includes(Suite::Sysbench))
-        && backends.iter().any(|b| b == "bindfs")
-    {
-        tools.extend(["bindfs", "fusermount3"]);
+    if needs_backends && cli.backends.iter().any(|b| b == "bindfs") {
+        tools.push("bindfs");
+    }
+    // Every backend but native is a FUSE mount; so is the fresh node of the recovery suite.
+    let fresh_node =
+        suite.includes(Suite::Recovery) && cli.recovery_methods.iter().any(|m| m == recovery::FRESH_NODE);
+    if (needs_backends && cli.backends.iter().any(|b| b != report::BASELINE)) || fresh_node {
+        tools.push("fusermount3");
     }
     let missing: Vec<&str> = tools
         .into_iter()

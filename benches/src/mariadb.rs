@@ -11,9 +11,13 @@ use crate::process::{self, ChildGuard};
 /// Settings passed to every server on every backend (section 4.6 of the FUSE research): on FUSE,
 /// InnoDB would see a "rotational" device (turning on neighbour flushing) and a file system
 /// without a block size (keeping ib_logfile0 buffered), so both are pinned here for all.
-/// Doublewrite is off on all backends because fuse-ibd will not need it.
+/// Doublewrite is off on all backends because fuse-ibd will not need it. The buffer pool is not
+/// reloaded from its dump at start: the suites set warmth themselves (prewarm for `cached`, a
+/// fresh node for fuse-ibd-cold), and the background reload would read the whole table ahead of
+/// the measurement, which on a fresh fuse-ibd node fetches it from the pageserver.
 pub const FAIRNESS_ARGS: &[&str] = &[
     "--innodb-flush-neighbors=0",
+    "--innodb-buffer-pool-load-at-startup=OFF",
     "--innodb-log-file-buffering=ON",
     "--innodb-doublewrite=0",
     "--innodb-flush-method=O_DIRECT",
@@ -56,6 +60,8 @@ fn private_tmpdir(run_dir: &Path) -> Result<PathBuf> {
 pub struct Server {
     socket: PathBuf,
     error_log: PathBuf,
+    /// Where this server's lines start in the error log, which every start appends to.
+    error_log_start: u64,
     process: ChildGuard,
 }
 
@@ -84,10 +90,12 @@ impl Server {
         // Messages printed before the error log is open (e.g. about open-file limits).
         let console = std::fs::File::create(run_dir.join("mariadbd.console"))?;
         command.stdout(console.try_clone()?).stderr(console);
+        let error_log_start = std::fs::metadata(&error_log).map_or(0, |m| m.len());
         let process = ChildGuard::spawn(&mut command, "mariadbd")?;
         Ok(Server {
             socket,
             error_log,
+            error_log_start,
             process,
         })
     }
@@ -134,14 +142,31 @@ impl Server {
         process::output(&mut command, "mariadb client").with_context(|| format!("query {sql:?}"))
     }
 
+    /// What this server wrote to its error log so far.
+    fn error_log_text(&self) -> String {
+        let log = std::fs::read(&self.error_log).unwrap_or_default();
+        let start = (self.error_log_start as usize).min(log.len());
+        String::from_utf8_lossy(&log[start..]).into_owned()
+    }
+
+    /// Whether InnoDB found the log not shut down cleanly and replayed redo at this start.
+    pub fn ran_crash_recovery(&self) -> bool {
+        self.error_log_text().contains("Starting crash recovery")
+    }
+
     /// Which asynchronous I/O InnoDB chose (io_uring or libaio), from the error log.
     pub fn async_io(&self) -> String {
-        let log = std::fs::read_to_string(&self.error_log).unwrap_or_default();
+        let log = self.error_log_text();
         log.lines()
             .filter_map(|line| line.split_once("InnoDB: Using ").map(|(_, what)| what.trim()))
             .find(|what| what.contains("io_uring") || what.contains("AIO"))
             .unwrap_or("not reported")
             .to_string()
+    }
+
+    /// SIGKILL: a crash as far as InnoDB is concerned.
+    pub fn kill(mut self) -> Result<()> {
+        self.process.kill().map(drop)
     }
 
     /// Clean shutdown, failing if the server does not exit cleanly.

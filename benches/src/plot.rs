@@ -7,13 +7,15 @@ use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-/// Fixed colour per backend position, so a backend keeps its colour across plots of a run.
-const PALETTE: [RGBColor; 5] = [
+/// Fixed colour per backend position, so a backend keeps its colour across plots of a run; one
+/// per backend there is, so a run of all of them has no two alike.
+const PALETTE: [RGBColor; 6] = [
     RGBColor(0x1f, 0x77, 0xb4),
     RGBColor(0xff, 0x7f, 0x0e),
     RGBColor(0x2c, 0xa0, 0x2c),
     RGBColor(0xd6, 0x27, 0x28),
     RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0x8c, 0x56, 0x4b),
 ];
 
 pub fn backend_colour(backend_index: usize) -> RGBColor {
@@ -163,6 +165,14 @@ fn plot_error(err: impl std::fmt::Display) -> anyhow::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_backend_has_a_colour_of_its_own() {
+        let colours: Vec<RGBColor> = (0..crate::backend::AVAILABLE.len()).map(backend_colour).collect();
+        for (i, colour) in colours.iter().enumerate() {
+            assert!(!colours[..i].contains(colour), "backend {i} reuses a colour");
+        }
+    }
 
     #[test]
     fn ratio_bars_write_an_svg_with_labels() -> Result<()> {

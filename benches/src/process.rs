@@ -112,6 +112,14 @@ impl ChildGuard {
             sleep(POLL_INTERVAL);
         }
         eprintln!("warning: {} ignored SIGTERM for {grace:?}; killing it", self.what);
+        self.kill()
+    }
+
+    /// SIGKILL now: a crash as far as the child is concerned (no shutdown, no flush).
+    pub fn kill(&mut self) -> Result<ExitStatus> {
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(status);
+        }
         self.child.kill()?;
         Ok(self.child.wait()?)
     }

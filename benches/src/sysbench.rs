@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::backend::PreparedBackend;
+use crate::backend::{BackendCost, PreparedBackend};
 use crate::mariadb::{self, Server};
 use crate::process::{self, CpuMeter};
 use crate::progress::Progress;
@@ -85,7 +85,9 @@ pub struct SysbenchMetrics {
     /// Deadlocks and the like that sysbench retried, per second.
     pub ignored_errors_per_s: f64,
     pub mariadbd_cpu_pct: f64,
-    pub daemon_cpu_pct: Option<f64>,
+    /// The backend's daemon and services during the run.
+    #[serde(flatten)]
+    pub backend: BackendCost,
 }
 
 impl Sample for SysbenchRun {
@@ -107,88 +109,105 @@ impl Sample for SysbenchRun {
             ("errors/s".to_string(), m.ignored_errors_per_s),
             ("mariadbd CPU %".to_string(), m.mariadbd_cpu_pct),
         ];
-        values.extend(m.daemon_cpu_pct.map(|cpu| ("daemon CPU %".to_string(), cpu)));
+        values.extend(m.backend.values());
         values
     }
 }
 
-/// A server on one backend with where its files live.
-struct Instance<'a> {
-    backend: &'a PreparedBackend,
-    datadir: PathBuf,
-    run_dir: PathBuf,
-}
-
-/// Loads the same tables on every backend, then for each working set restarts the servers
-/// with that buffer pool and runs every workload, alternating backends run by run.
+/// Loads the same tables on every backend that runs MariaDB, then for each working set starts
+/// the servers with that buffer pool and runs every workload, alternating backends run by run.
+/// A cold backend instead gets a fresh node and a newly started server before every run, and
+/// no prewarm: each run starts with an empty local cache and an empty buffer pool.
 pub fn run_suite(
     settings: &mut SysbenchSettings,
-    backends: &[PreparedBackend],
+    backends: &mut [PreparedBackend],
     iterations: u32,
     run_root: &Path,
     raw_dir: &Path,
 ) -> Result<Vec<SysbenchRun>> {
     std::fs::create_dir_all(raw_dir)?;
+    for backend in backends.iter().filter(|b| !b.runs_mariadb) {
+        eprintln!(
+            "sysbench: skipping {}: it serves fio's flat file only, MariaDB does not run on it",
+            backend.name
+        );
+    }
+    let mut backends: Vec<&mut PreparedBackend> = backends.iter_mut().filter(|b| b.runs_mariadb).collect();
+    // Socket, error log and tmpdir beside the backend, not on it.
+    let run_dirs: Vec<PathBuf> = backends
+        .iter()
+        .map(|backend| run_root.join(format!("mariadb-{}", backend.name)))
+        .collect();
     let working_sets = [WorkingSet::Cached, WorkingSet::Uncached];
     let per_working_set = settings.workloads.len() * settings.threads.len() * backends.len();
     let mut progress = Progress::new(
         "sysbench",
         working_sets.len() * iterations as usize * per_working_set,
     );
-    let instances: Vec<Instance> = backends
-        .iter()
-        .map(|backend| Instance {
-            backend,
-            datadir: backend.dir.join("mariadb"),
-            run_dir: run_root.join(format!("mariadb-{}", backend.name)),
-        })
-        .collect();
     settings.server_args = mariadb::FAIRNESS_ARGS.iter().map(|s| s.to_string()).collect();
     settings.client_args = SYSBENCH_COMMON_ARGS.iter().map(|s| s.to_string()).collect();
     settings.aio_by_backend.clear();
-    for instance in &instances {
+    for (backend, run_dir) in backends.iter().zip(&run_dirs) {
         progress.note(&format!(
             "loading {} × {} rows on {}",
-            settings.tables, settings.table_size, instance.backend.name
+            settings.tables, settings.table_size, backend.name
         ));
-        let server = load_tables(settings, instance, raw_dir)?;
+        let server = load_tables(settings, backend, run_dir, raw_dir)?;
         settings
             .aio_by_backend
-            .push((instance.backend.name.to_string(), server.async_io()));
+            .push((backend.name.to_string(), server.async_io()));
         server.stop()?;
-        if instance.backend.name == crate::report::BASELINE {
+        if backend.name == crate::report::BASELINE {
             settings.data_mib =
-                mariadb::directory_size(&instance.datadir.join("sbtest"))? as f64 / (1024.0 * 1024.0);
+                mariadb::directory_size(&backend.dir.join("sbtest"))? as f64 / (1024.0 * 1024.0);
         }
     }
     let mut runs = Vec::new();
     for working_set in working_sets {
         let args = mariadb::server_args(working_set.buffer_pool_mib(settings));
-        let servers = instances
+        // Cold backends start theirs before each run.
+        let mut servers = backends
             .iter()
-            .map(|instance| Server::start(&instance.datadir, &instance.run_dir, &args))
-            .collect::<Result<Vec<Server>>>()?;
+            .zip(&run_dirs)
+            .map(|(backend, run_dir)| {
+                (!backend.is_cold())
+                    .then(|| Server::start(&backend.dir, run_dir, &args))
+                    .transpose()
+            })
+            .collect::<Result<Vec<Option<Server>>>>()?;
         if working_set == WorkingSet::Cached {
-            for (instance, server) in instances.iter().zip(&servers) {
-                progress.note(&format!(
-                    "prewarming the buffer pool on {}",
-                    instance.backend.name
-                ));
-                let log = raw_dir.join(format!("prewarm-{}.log", instance.backend.name));
+            for (backend, server) in backends.iter().zip(&servers) {
+                let Some(server) = server else { continue };
+                progress.note(&format!("prewarming the buffer pool on {}", backend.name));
+                let log = raw_dir.join(format!("prewarm-{}.log", backend.name));
                 run_sysbench(settings, server, "oltp_read_only", "prewarm", &[], &log)?;
             }
         }
         for iteration in 1..=iterations {
             for workload in &settings.workloads {
                 for &threads in &settings.threads {
-                    for (instance, server) in instances.iter().zip(&servers) {
+                    for ((backend, run_dir), server) in
+                        backends.iter_mut().zip(&run_dirs).zip(servers.iter_mut())
+                    {
                         process::check_interrupted()?;
-                        let backend = instance.backend;
                         let case = format!(
                             "{workload}-t{threads}-{}-{}-{iteration}",
                             working_set.name(),
                             backend.name
                         );
+                        if backend.is_cold() {
+                            // Outside the measured time: stop the server, mount a fresh node,
+                            // start the server on it (a clean shutdown leaves no redo to replay).
+                            if let Some(server) = server.take() {
+                                server.stop()?;
+                            }
+                            backend.fresh_node()?;
+                            *server =
+                                Some(Server::start(&backend.dir, run_dir, &args).with_context(|| {
+                                    format!("starting MariaDB on a fresh node for {case}")
+                                })?);
+                        }
+                        let server = server.as_ref().context("no server")?;
                         let log = raw_dir.join(format!("sysbench-{case}.log"));
                         let metrics = measure(settings, server, backend, workload, threads, &log)
                             .with_context(|| format!("sysbench {case}"))?;
@@ -207,8 +226,10 @@ pub fn run_suite(
                                 backend.name
                             ),
                             &format!(
-                                "{:.1} TPS, p99 {:.2} ms",
-                                run.metrics.tps, run.metrics.latency_p99_ms
+                                "{:.1} TPS, p99 {:.2} ms{}",
+                                run.metrics.tps,
+                                run.metrics.latency_p99_ms,
+                                run.metrics.backend.describe()
                             ),
                         );
                         runs.push(run);
@@ -216,7 +237,7 @@ pub fn run_suite(
                 }
             }
         }
-        for server in servers {
+        for server in servers.into_iter().flatten() {
             server.stop()?;
         }
     }
@@ -224,15 +245,20 @@ pub fn run_suite(
 }
 
 /// Creates the datadir and the sbtest tables; returns the running server.
-fn load_tables(settings: &SysbenchSettings, instance: &Instance, raw_dir: &Path) -> Result<Server> {
-    let name = instance.backend.name;
+fn load_tables(
+    settings: &SysbenchSettings,
+    backend: &PreparedBackend,
+    run_dir: &Path,
+    raw_dir: &Path,
+) -> Result<Server> {
+    let name = backend.name;
     mariadb::install(
-        &instance.datadir,
-        &instance.run_dir,
+        &backend.dir,
+        run_dir,
         &raw_dir.join(format!("install-db-{name}.log")),
     )?;
     let args = mariadb::server_args(settings.cached_buffer_pool_mib);
-    let server = Server::start(&instance.datadir, &instance.run_dir, &args)?;
+    let server = Server::start(&backend.dir, run_dir, &args)?;
     server.query("CREATE DATABASE sbtest")?;
     let log = raw_dir.join(format!("prepare-{name}.log"));
     run_sysbench(settings, &server, "oltp_read_write", "prepare", &[], &log)?;
@@ -252,12 +278,13 @@ fn measure(
         format!("--time={}", settings.runtime_s),
         "--percentile=99".to_string(),
     ];
+    backend.settle()?;
     let server_cpu = CpuMeter::start(server.pid())?;
-    let daemon_cpu = backend.daemon_pid().map(CpuMeter::start).transpose()?;
+    let cost = backend.cost_meter()?;
     run_sysbench(settings, server, workload, "run", &args, log)?;
     let mut metrics = parse_output(&std::fs::read_to_string(log)?)?;
     metrics.mariadbd_cpu_pct = server_cpu.percent_of_one_core()?;
-    metrics.daemon_cpu_pct = daemon_cpu.map(|meter| meter.percent_of_one_core()).transpose()?;
+    metrics.backend = cost.finish()?;
     Ok(metrics)
 }
 
@@ -313,7 +340,7 @@ pub fn parse_output(text: &str) -> Result<SysbenchMetrics> {
         latency_p99_ms: value("99th percentile:")?,
         ignored_errors_per_s: per_second("ignored errors:")?,
         mariadbd_cpu_pct: 0.0,
-        daemon_cpu_pct: None,
+        backend: BackendCost::default(),
     })
 }
 

@@ -35,12 +35,16 @@ fn work_dir() -> tempfile::TempDir {
 }
 
 fn runner(work: &Path, out: &Path, jobs: &str, runtime_s: u32) -> Command {
+    runner_on("native,bindfs", work, out, jobs, runtime_s)
+}
+
+fn runner_on(backends: &str, work: &Path, out: &Path, jobs: &str, runtime_s: u32) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ibd-benches"));
     command.args([
         "fio",
         "--quick",
         "--backends",
-        "native,bindfs",
+        backends,
         "--fio-jobs",
         jobs,
         "--fio-ramp",
@@ -153,5 +157,68 @@ fn interrupted_run_unmounts_and_cleans_up() {
     assert!(
         !out.path().join("results.json").exists(),
         "no report from an interrupted run"
+    );
+}
+
+/// fuse-ibd and its services as the runner finds them by default: beside its own binary
+/// (`cargo build --workspace --bins` puts them there; CI does).
+fn fuse_ibd_binaries_missing() -> Option<String> {
+    let dir = Path::new(env!("CARGO_BIN_EXE_ibd-benches")).parent().unwrap();
+    ["fuse-ibd", "pageserver-lite", "walsync"]
+        .into_iter()
+        .find(|bin| !dir.join(bin).is_file())
+        .map(|bin| format!("{bin} is not built beside the runner (cargo build --workspace --bins)"))
+}
+
+#[test]
+fn cold_fuse_ibd_fetches_from_the_pageserver_warm_does_not_and_the_stub_serves_fio() {
+    let in_ci = std::env::var("CI").is_ok_and(|ci| ci == "true");
+    if let Some(reason) = skip_reason().or_else(|| fuse_ibd_binaries_missing().filter(|_| !in_ci)) {
+        eprintln!("skipping: {reason}");
+        return;
+    }
+    let (work, out) = (work_dir(), tempfile::tempdir().unwrap());
+    let status = runner_on(
+        "fuse-ibd-stub,fuse-ibd-warm,fuse-ibd-cold",
+        work.path(),
+        out.path(),
+        "randread-psync-qd1-j1",
+        1,
+    )
+    .status()
+    .unwrap();
+    assert!(status.success(), "runner failed: {status}");
+    assert_left_clean(work.path());
+
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("results.json")).unwrap()).unwrap();
+    let runs = results["fio"]["runs"].as_array().unwrap();
+    let metrics = |backend: &str| {
+        let run = runs.iter().find(|r| r["backend"] == backend).unwrap();
+        assert!(run["metrics"]["iops"].as_f64().unwrap() > 0.0, "{run}");
+        assert!(run["metrics"]["daemon_cpu_pct"].is_number(), "{run}");
+        run["metrics"].clone()
+    };
+    let (stub, warm, cold) = (
+        metrics("fuse-ibd-stub"),
+        metrics("fuse-ibd-warm"),
+        metrics("fuse-ibd-cold"),
+    );
+    assert!(
+        stub["pageserver_cpu_pct"].is_null() && stub["fetched_pages"].is_null(),
+        "{stub}"
+    );
+    for services in [&warm, &cold] {
+        assert!(services["pageserver_cpu_pct"].is_number(), "{services}");
+        assert!(services["walsync_cpu_pct"].is_number(), "{services}");
+    }
+    assert_eq!(
+        warm["fetched_pages"].as_f64(),
+        Some(0.0),
+        "the prefill left every page in the cache"
+    );
+    assert!(
+        cold["fetched_pages"].as_f64().unwrap() > 0.0,
+        "a fresh node fetches what it reads: {cold}"
     );
 }
