@@ -119,22 +119,9 @@ fn a_page_damaged_on_the_pageserver_is_never_served() {
     let mut pageserver = Service::start("pageserver-lite", &ps_dir).unwrap();
     let walsync = Service::start("walsync", &root.path().join("walsync")).unwrap();
     let ps_url = pageserver.url.clone();
-    let args = [
-        "--pageserver",
-        &ps_url,
-        "--walsync",
-        &walsync.url,
-        "--timeline",
-        TIMELINE,
-    ];
 
     // Node A writes two tables and stops cleanly: every page is on the pageserver.
-    let fuse = FuseIbd::mount_with(
-        &root.path().join("a/datadir"),
-        &root.path().join("a/cache"),
-        &args,
-    )
-    .unwrap();
+    let fuse = FuseIbd::mount_node(root.path(), "a", &pageserver, &walsync, TIMELINE, &[]).unwrap();
     install_db(&fuse.mountpoint, SERVER_ARGS).unwrap();
     let db = MariaDb::start(&fuse.mountpoint, SERVER_ARGS).unwrap();
     db.sql(
@@ -173,12 +160,7 @@ fn a_page_damaged_on_the_pageserver_is_never_served() {
     assert_eq!(corrupt_reads(), 0.0);
 
     // A fresh node reads the file: that block fails with EIO, every time; the rest reads fine.
-    let fuse = FuseIbd::mount_with(
-        &root.path().join("b/datadir"),
-        &root.path().join("b/cache"),
-        &args,
-    )
-    .unwrap();
+    let fuse = FuseIbd::mount_node(root.path(), "b", &pageserver, &walsync, TIMELINE, &[]).unwrap();
     assert!(fuse.log_text().contains("fresh node"), "{}", fuse.log_text());
     let file = std::fs::File::open(fuse.mountpoint.join("w/bad.ibd")).unwrap();
     let mut page = vec![0u8; BLOCK];

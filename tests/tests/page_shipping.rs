@@ -20,16 +20,9 @@ fn pages_reach_the_pageserver_and_data_fsync_waits_for_it() {
     let root = tempfile::tempdir().unwrap();
     let pageserver = Service::start("pageserver-lite", &root.path().join("pageserver")).unwrap();
     let walsync = Service::start("walsync", &root.path().join("walsync")).unwrap();
-    let (mnt, cache) = (root.path().join("datadir"), root.path().join("cache"));
-    let args = [
-        "--pageserver",
-        &pageserver.url,
-        "--walsync",
-        &walsync.url,
-        "--timeline",
-        TIMELINE,
-    ];
-    let fuse = FuseIbd::mount_with(&mnt, &cache, &args).unwrap();
+    let mount = || FuseIbd::mount_node(root.path(), "node", &pageserver, &walsync, TIMELINE, &[]);
+    let fuse = mount().unwrap();
+    let mnt = fuse.mountpoint.clone();
     install_db(&mnt, SERVER_ARGS).unwrap();
     let db = MariaDb::start(&mnt, SERVER_ARGS).unwrap();
     db.sql(
@@ -123,7 +116,7 @@ fn pages_reach_the_pageserver_and_data_fsync_waits_for_it() {
 
     // A clean unmount and a remount of the same cache: the server finds its data.
     fuse.unmount().unwrap();
-    let fuse = FuseIbd::mount_with(&mnt, &cache, &args).unwrap();
+    let fuse = mount().unwrap();
     let db = MariaDb::start(&mnt, SERVER_ARGS).unwrap();
     assert_eq!(db.value("SELECT COUNT(*) FROM w.t").unwrap(), "20000");
     db.shutdown().unwrap();

@@ -41,15 +41,7 @@ fn sysbench_oltp_read_write_runs_on_the_mount() {
     let root = tempfile::tempdir().unwrap();
     let pageserver = Service::start("pageserver-lite", &root.path().join("pageserver")).unwrap();
     let walsync = Service::start("walsync", &root.path().join("walsync")).unwrap();
-    let args = [
-        "--pageserver",
-        &pageserver.url,
-        "--walsync",
-        &walsync.url,
-        "--timeline",
-        TIMELINE,
-    ];
-    let fuse = FuseIbd::mount_with(&root.path().join("datadir"), &root.path().join("cache"), &args).unwrap();
+    let fuse = FuseIbd::mount_node(root.path(), "node", &pageserver, &walsync, TIMELINE, &[]).unwrap();
     install_db(&fuse.mountpoint, SERVER_ARGS).unwrap();
     let db = MariaDb::start(&fuse.mountpoint, SERVER_ARGS).unwrap();
     assert_eq!(db.value("SELECT @@innodb_doublewrite").unwrap(), "0");

@@ -558,18 +558,11 @@ fn mariadb_without_doublewrite_recovers_after_fuse_ibd_dies_mid_write() {
     let root = tempfile::tempdir().unwrap();
     let pageserver = Service::start("pageserver-lite", &root.path().join("pageserver")).unwrap();
     let walsync = Service::start("walsync", &root.path().join("walsync")).unwrap();
-    let (mnt, cache) = (root.path().join("datadir"), root.path().join("cache"));
-    let args = [
-        "--pageserver",
-        &pageserver.url,
-        "--walsync",
-        &walsync.url,
-        "--timeline",
-        TIMELINE,
-    ];
+    let mnt = root.path().join("node/datadir");
     let rt = runtime();
     let ps = PageserverClient::new(&pageserver.url).unwrap();
-    let mut fuse = FuseIbd::mount_with(&mnt, &cache, &args).unwrap();
+    let mount = || FuseIbd::mount_node(root.path(), "node", &pageserver, &walsync, TIMELINE, &[]);
+    let mut fuse = mount().unwrap();
     install_db(&mnt, SERVER_ARGS).unwrap();
     let mut db = MariaDb::start(&mnt, SERVER_ARGS).unwrap();
     db.sql(&format!(
@@ -605,7 +598,7 @@ fn mariadb_without_doublewrite_recovers_after_fuse_ibd_dies_mid_write() {
         // Right after the kill, and after a remount of the same cache, before InnoDB touches
         // anything: every page of every page file passes InnoDB's checksum.
         let (remote_checked, remote_bad) = bad_remote_pages(&rt, &ps);
-        fuse = FuseIbd::mount_with(&mnt, &cache, &args).unwrap();
+        fuse = mount().unwrap();
         let (local_checked, local_bad) = bad_local_pages(&mnt);
         eprintln!(
             "round {round}: fuse-ibd SIGKILLed after {written} page writes of the workload; \
