@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{byte_at, chunk, Walsync};
+use common::{byte_at, chunk, metric, scrape, Walsync};
 use ibd_api::walsync::{BranchPoint, Checkpoint, CreateTimelineRequest, Geometry, WalsyncClient};
 
 fn geometry(first_lsn: u64, at_lsn: u64) -> Geometry {
@@ -236,14 +236,9 @@ async fn stream_pipelines_frames_and_acks_durable_lsn() {
     // Every frame was made durable by exactly one fdatasync, and there was at least one; frames
     // sent while one was in progress shared the next (hyper hands the server one frame at a
     // time: the stream must still take every frame that has arrived into one batch).
-    let http = ibd_api::HttpClient::new(&ws.url, ibd_api::RetryPolicy::none()).unwrap();
-    let text = String::from_utf8(http.get_bytes("/metrics").await.unwrap().body.to_vec()).unwrap();
-    let value = |name: &str| -> f64 {
-        let line = text.lines().find(|l| l.starts_with(name)).unwrap();
-        line.rsplit(' ').next().unwrap().parse().unwrap()
-    };
-    assert_eq!(value("walsync_fsync_batch_appends_sum"), 300.0);
-    let fsyncs = value("walsync_fsync_latency_seconds_count");
+    let text = scrape(&ws.url).await;
+    assert_eq!(metric(&text, "walsync_fsync_batch_appends_sum"), 300.0);
+    let fsyncs = metric(&text, "walsync_fsync_latency_seconds_count");
     assert!(
         (1.0..300.0).contains(&fsyncs),
         "{fsyncs} fdatasyncs for 300 pipelined frames"
@@ -345,9 +340,55 @@ async fn torn_tail_is_truncated_at_restart() {
         c.read_wal("tl", 5000, end + 500).await.unwrap(),
         chunk(8, 5000, 3500)
     );
-    let http = ibd_api::HttpClient::new(&ws.url, ibd_api::RetryPolicy::none()).unwrap();
-    let text = String::from_utf8(http.get_bytes("/metrics").await.unwrap().body.to_vec()).unwrap();
-    assert!(text.contains("walsync_torn_tails_truncated_total 1"), "{text}");
+    let text = scrape(&ws.url).await;
+    assert_eq!(metric(&text, "walsync_torn_tails_truncated_total"), 1.0);
+    assert_eq!(metric(&text, "walsync_corrupt_wal_found_total"), 0.0);
+}
+
+#[tokio::test]
+async fn a_rotted_acknowledged_last_record_is_reported_not_truncated() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut ws = Walsync::start(&data, &[]);
+    let c = ws.client();
+    let term = c.acquire_term("tl", None).await.unwrap().term;
+    let end = fill(&c, "tl", term, 8, 5000, 3000, 1000).await;
+    ws.kill();
+    // One bit of the last record's payload flips: the record is all there, its CRC fails. It was
+    // acknowledged (so synced): corruption, not a torn write.
+    let segment = data.join("timelines/tl/wal").join(format!("{:016x}.seg", 5000));
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let len = bytes.len();
+    bytes[len - 10] ^= 0x04;
+    std::fs::write(&segment, &bytes).unwrap();
+    ws.restart();
+    let c = ws.client();
+    assert_eq!(
+        std::fs::metadata(&segment).unwrap().len(),
+        len as u64,
+        "nothing was cut"
+    );
+    assert_eq!(c.status("tl").await.unwrap().durable_lsn, Some(end));
+    let err = c.read_wal("tl", 7500, end).await.unwrap_err();
+    assert_eq!(
+        (err.status().map(|s| s.as_u16()), err.code()),
+        (Some(500), Some("wal_corrupt")),
+        "{err}"
+    );
+    assert_eq!(c.read_wal("tl", 5000, 7000).await.unwrap(), chunk(8, 5000, 2000));
+    let text = scrape(&ws.url).await;
+    assert_eq!(metric(&text, "walsync_corrupt_wal_found_total"), 1.0);
+    assert_eq!(
+        metric(&text, "walsync_corrupt_wal_bytes{timeline=\"tl\"}"),
+        1000.0
+    );
+    assert_eq!(metric(&text, "walsync_torn_tails_truncated_total"), 0.0);
+    // The WAL goes on after it.
+    let end = fill(&c, "tl", term, 8, end, 500, 500).await;
+    assert_eq!(
+        c.read_wal("tl", end - 500, end).await.unwrap(),
+        chunk(8, end - 500, 500)
+    );
 }
 
 #[tokio::test]
@@ -382,14 +423,13 @@ async fn bit_rot_before_valid_records_is_reported_and_kept_not_truncated() {
             "{err}"
         );
     }
-    let http = ibd_api::HttpClient::new(&ws.url, ibd_api::RetryPolicy::none()).unwrap();
-    let text = String::from_utf8(http.get_bytes("/metrics").await.unwrap().body.to_vec()).unwrap();
-    for line in [
-        "walsync_corrupt_wal_bytes{timeline=\"tl\"} 1000",
-        "walsync_corrupt_wal_found_total 1",
-        "walsync_torn_tails_truncated_total 0",
+    let text = scrape(&ws.url).await;
+    for (series, value) in [
+        ("walsync_corrupt_wal_bytes{timeline=\"tl\"}", 1000.0),
+        ("walsync_corrupt_wal_found_total", 1.0),
+        ("walsync_torn_tails_truncated_total", 0.0),
     ] {
-        assert!(text.contains(line), "{line} missing from:\n{text}");
+        assert_eq!(metric(&text, series), value, "{series}");
     }
     // The timeline keeps taking appends.
     let end = fill(&c, "tl", term, 8, end, 500, 500).await;
@@ -660,8 +700,7 @@ async fn metrics_and_health_are_served() {
     let c = ws.client();
     let term = c.acquire_term("tl", None).await.unwrap().term;
     fill(&c, "tl", term, 0, 1000, 1000, 100).await;
-    let http = ibd_api::HttpClient::new(&ws.url, ibd_api::RetryPolicy::none()).unwrap();
-    let text = String::from_utf8(http.get_bytes("/metrics").await.unwrap().body.to_vec()).unwrap();
+    let text = scrape(&ws.url).await;
     for name in [
         "walsync_append_latency_seconds_bucket",
         // Ten appends, each waited for: one fdatasync each. Fewer would mean an append was
@@ -675,6 +714,7 @@ async fn metrics_and_health_are_served() {
     ] {
         assert!(text.contains(name), "{name} missing from:\n{text}");
     }
+    let http = ibd_api::HttpClient::new(&ws.url, ibd_api::RetryPolicy::none()).unwrap();
     let unknown = http.get_bytes("/nope").await.unwrap_err();
     assert_eq!(unknown.code(), Some("not_found"));
 }
