@@ -18,7 +18,7 @@ use crate::error::ErrorBody;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("invalid URL {0:?}: expected http://host:port")]
+    #[error("invalid URL {0:?}: expected http://host:port (plain HTTP: https is not supported)")]
     InvalidUrl(String),
     #[error("cannot reach {url}: {message}")]
     Transport { url: String, message: String },

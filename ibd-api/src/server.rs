@@ -6,21 +6,22 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::CONTENT_TYPE;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::error::ErrorBody;
 
@@ -125,39 +126,61 @@ pub async fn serve<S: Service>(
     Ok(())
 }
 
+/// How [`serve_threaded`] bounds its connections.
+#[derive(Debug, Clone)]
+pub struct ThreadedConfig {
+    /// Connections served at once (one thread each). A connection beyond them is answered `503
+    /// busy` and closed at once, rather than left waiting in the listen backlog.
+    pub max_connections: usize,
+    /// Time a connection may take to send a request head, and may stay idle between requests,
+    /// before it is closed and its thread and slot freed. Keep it above clients' idle-pool
+    /// timeout, so a client does not reuse a connection the server is closing.
+    pub header_read_timeout: Duration,
+    /// TCP keepalive idle time: a peer that vanished (host down, cable cut) is detected after
+    /// this plus a few probes, ending even a connection inside a long request (an append stream).
+    pub tcp_keepalive: Duration,
+    pub thread_name: String,
+}
+
 /// Like [`serve`], but every connection is served by its own thread with its own single-threaded
 /// runtime. A handler may then block (a WAL `fdatasync`) without stalling other connections, and the
 /// thread that did the work writes the answer: no hand-off between threads on the way, which is
-/// what a commit's latency is made of. At most `max_connections` are served at once; accepting
-/// waits for a free slot.
+/// what a commit's latency is made of. See [`ThreadedConfig`] for the limits.
 pub async fn serve_threaded<S: Service>(
     listener: TcpListener,
     service: Arc<S>,
     metrics: RequestMetrics,
     shutdown: impl Future<Output = ()>,
-    max_connections: usize,
-    thread_name: &str,
+    config: ThreadedConfig,
 ) -> std::io::Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
     tokio::pin!(shutdown);
     loop {
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
-            () = &mut shutdown => break,
-        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(config.tcp_keepalive)
+            .with_interval(Duration::from_secs(10))
+            .with_retries(3);
+        if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
+            tracing::debug!(%peer, error = %e, "cannot set TCP keepalive");
+        }
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, max = config.max_connections, "connection limit reached; answering 503");
+            tokio::spawn(refuse_busy(stream, config.max_connections));
+            continue;
+        };
         // Leaves this runtime's poller; the connection's thread registers it with its own.
         let stream = match stream.into_std() {
             Ok(stream) => stream,
@@ -168,8 +191,9 @@ pub async fn serve_threaded<S: Service>(
         };
         let svc = service_fn(service.clone(), metrics.clone());
         let watcher = graceful.watcher();
+        let header_read_timeout = config.header_read_timeout;
         let spawned = std::thread::Builder::new()
-            .name(thread_name.to_string())
+            .name(config.thread_name.clone())
             .spawn(move || {
                 let _slot = slot;
                 // I/O and timers only: no signal or child-process driver to check at every park.
@@ -185,7 +209,7 @@ pub async fn serve_threaded<S: Service>(
                     }
                 };
                 runtime.block_on(async move {
-                    let stream = match tokio::net::TcpStream::from_std(stream) {
+                    let stream = match TcpStream::from_std(stream) {
                         Ok(stream) => stream,
                         Err(e) => {
                             tracing::warn!(%peer, error = %e, "cannot register the connection");
@@ -193,6 +217,8 @@ pub async fn serve_threaded<S: Service>(
                         }
                     };
                     let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(header_read_timeout)
                         .keep_alive(true)
                         .serve_connection(TokioIo::new(stream), svc);
                     if let Err(e) = watcher.watch(conn).await {
@@ -207,6 +233,49 @@ pub async fn serve_threaded<S: Service>(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
+}
+
+/// Answers a connection over the limit `503 busy` and closes it: once its request head has
+/// arrived (a client may not expect an answer before it has sent its request), or after a second
+/// without one. What else arrives is read and dropped for a moment after the answer, so closing
+/// with it unread does not reset the connection before the client has read the answer.
+async fn refuse_busy(mut stream: TcpStream, max_connections: usize) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 << 10 {
+            match stream.read(&mut buf).await {
+                Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                _ => break,
+            }
+        }
+    })
+    .await;
+    let body = serde_json::to_vec(&ErrorBody::new(
+        "busy",
+        format!("the server is serving its maximum of {max_connections} connections; retry later"),
+    ))
+    .expect("ErrorBody always serializes");
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n",
+        body.len()
+    );
+    let answered = async {
+        stream.write_all(answer.as_bytes()).await?;
+        stream.write_all(&body).await?;
+        stream.shutdown().await
+    };
+    if tokio::time::timeout(Duration::from_secs(1), answered)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 /// The per-request wrapper of `service`: routing, timing and counting.
@@ -324,13 +393,14 @@ pub fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
-    use std::time::Duration;
 
     use super::*;
     use crate::client::{HttpClient, RetryPolicy};
 
-    /// `/block` blocks its thread until released; anything else answers at once.
+    /// `/block` says it arrived, then blocks its thread until released; anything else answers at
+    /// once.
     struct Blocking {
+        arrived: Mutex<std::sync::mpsc::Sender<()>>,
         release: Mutex<std::sync::mpsc::Receiver<()>>,
     }
 
@@ -341,22 +411,38 @@ mod tests {
 
         fn call(&self, req: Request<Incoming>) -> impl Future<Output = HttpResponse> + Send {
             if req.uri().path() == "/block" {
+                let _ = self.arrived.lock().unwrap().send(());
                 let _ = self.release.lock().unwrap().recv();
             }
             async { bytes_response(StatusCode::OK, "text/plain", "done") }
         }
     }
 
-    #[tokio::test]
-    async fn a_connection_blocking_its_thread_stalls_no_other() {
+    struct TestServer {
+        url: String,
+        release: std::sync::mpsc::Sender<()>,
+        arrived: std::sync::mpsc::Receiver<()>,
+        stop: tokio::sync::oneshot::Sender<()>,
+        server: tokio::task::JoinHandle<std::io::Result<()>>,
+    }
+
+    async fn start(max_connections: usize, header_read_timeout: Duration) -> TestServer {
         let (release, released) = std::sync::mpsc::channel();
+        let (arrived_tx, arrived) = std::sync::mpsc::channel();
         let service = Arc::new(Blocking {
+            arrived: Mutex::new(arrived_tx),
             release: Mutex::new(released),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let metrics = RequestMetrics::register(&mut Registry::default());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let config = ThreadedConfig {
+            max_connections,
+            header_read_timeout,
+            tcp_keepalive: Duration::from_secs(60),
+            thread_name: "test-conn".into(),
+        };
         let server = tokio::spawn(serve_threaded(
             listener,
             service,
@@ -364,27 +450,97 @@ mod tests {
             async {
                 let _ = stopped.await;
             },
-            8,
-            "test-conn",
+            config,
         ));
-        let client = HttpClient::new(&url, RetryPolicy::none()).unwrap();
+        TestServer {
+            url,
+            release,
+            arrived,
+            stop,
+            server,
+        }
+    }
+
+    impl TestServer {
+        async fn stop(self) {
+            drop(self.release);
+            self.stop.send(()).unwrap();
+            tokio::time::timeout(Duration::from_secs(5), self.server)
+                .await
+                .expect("shutdown finishes")
+                .unwrap()
+                .unwrap();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_blocking_its_thread_stalls_no_other() {
+        let server = start(8, Duration::from_secs(60)).await;
+        let client = HttpClient::new(&server.url, RetryPolicy::none()).unwrap();
         let blocked = tokio::spawn({
             let client = client.clone();
             async move { client.get_bytes("/block").await }
         });
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(!blocked.is_finished());
+        // The handler is blocking its thread now.
+        tokio::task::block_in_place(|| server.arrived.recv().unwrap());
         // Served on its own thread while the other connection's thread is blocked.
         let other = tokio::time::timeout(Duration::from_secs(5), client.get_bytes("/other")).await;
         assert_eq!(&other.expect("not stalled").unwrap().body[..], b"done");
-        release.send(()).unwrap();
+        assert!(!blocked.is_finished());
+        server.release.send(()).unwrap();
         assert_eq!(&blocked.await.unwrap().unwrap().body[..], b"done");
         drop(client);
-        stop.send(()).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), server)
+        server.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_over_the_limit_is_refused_at_once_not_left_waiting() {
+        let server = start(1, Duration::from_secs(60)).await;
+        // Holds the only slot: connected, no request yet.
+        let _idle = TcpStream::connect(server.url.trim_start_matches("http://"))
             .await
-            .expect("shutdown finishes")
-            .unwrap()
             .unwrap();
+        let client = HttpClient::new(&server.url, RetryPolicy::none()).unwrap();
+        let refused = tokio::time::timeout(Duration::from_secs(5), client.get_bytes("/other"))
+            .await
+            .expect("answered, not left in the backlog")
+            .unwrap_err();
+        assert_eq!(
+            (refused.status().map(|s| s.as_u16()), refused.code()),
+            (Some(503), Some("busy")),
+            "{refused}"
+        );
+        server.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_connection_is_closed_and_its_slot_freed() {
+        let server = start(1, Duration::from_millis(300)).await;
+        let mut idle = TcpStream::connect(server.url.trim_start_matches("http://"))
+            .await
+            .unwrap();
+        // No request head within the timeout: the server closes the connection.
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(10), idle.read(&mut buf))
+            .await
+            .expect("the server closed the idle connection");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        // Its slot serves the next connection (its thread may still be ending: retry briefly).
+        let client = HttpClient::new(&server.url, RetryPolicy::none()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match client.get_bytes("/other").await {
+                Ok(answer) => {
+                    assert_eq!(&answer.body[..], b"done");
+                    break;
+                }
+                Err(e) if e.code() == Some("busy") && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        drop(client);
+        server.stop().await;
     }
 }

@@ -387,7 +387,7 @@ impl WalsyncClient {
 
     /// Opens a long-lived append stream on its own connection.
     pub async fn open_stream(&self, timeline: &str, term: u64) -> Result<WalAppendStream, ClientError> {
-        WalAppendStream::open(self.base_url(), timeline, term).await
+        WalAppendStream::open(self.base_url(), timeline, term, STREAM_ANSWER_TIMEOUT).await
     }
 
     async fn put_json<B: Serialize, T: serde::de::DeserializeOwned>(
@@ -658,20 +658,62 @@ pub struct WalAppendStream {
     conn: std::sync::Arc<StreamConn>,
 }
 
+/// How long opening a stream waits for the answer's head (the server answers at once, or `503
+/// busy` when it is serving all the connections it can).
+const STREAM_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The `host:port` to connect to for `base_url` (`http://host[:port][/]`, port 80 by default),
+/// and the `host` header value (as given).
+fn http_authority(base_url: &str) -> Result<(String, String), ClientError> {
+    let invalid = || ClientError::InvalidUrl(base_url.to_string());
+    let authority = base_url
+        .strip_prefix("http://")
+        .ok_or_else(invalid)?
+        .trim_end_matches('/');
+    let bad_char = |c: char| c.is_whitespace() || "/?#@".contains(c);
+    if authority.is_empty() || authority.contains(bad_char) {
+        return Err(invalid());
+    }
+    // A port follows the last ':' unless that is inside an IPv6 literal ("[::1]").
+    let has_port = match authority.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => {
+            if host.is_empty() || port.parse::<u16>().is_err() {
+                return Err(invalid());
+            }
+            true
+        }
+        _ => false,
+    };
+    let connect = if has_port {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    Ok((connect, authority.to_string()))
+}
+
 impl WalAppendStream {
-    async fn open(base_url: &str, timeline: &str, term: u64) -> Result<Self, ClientError> {
-        let authority = base_url.trim_start_matches("http://").to_string();
+    async fn open(
+        base_url: &str,
+        timeline: &str,
+        term: u64,
+        answer_timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let (connect_to, authority) = http_authority(base_url)?;
+        let base_url = format!("http://{authority}");
         let path = format!("/v1/timelines/{timeline}/wal/stream?term={term}");
         let url = format!("{base_url}{path}");
         let transport = |message: String| ClientError::Transport {
             url: url.clone(),
             message,
         };
-        let mut tcp =
-            tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&authority))
-                .await
-                .map_err(|_| transport("connect timed out".into()))?
-                .map_err(|e| transport(e.to_string()))?;
+        let mut tcp = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect(&connect_to),
+        )
+        .await
+        .map_err(|_| transport("connect timed out".into()))?
+        .map_err(|e| transport(e.to_string()))?;
         tcp.set_nodelay(true).map_err(|e| transport(e.to_string()))?;
         let head = format!(
             "POST {path} HTTP/1.1\r\nhost: {authority}\r\ncontent-type: application/octet-stream\r\n\
@@ -680,9 +722,11 @@ impl WalAppendStream {
         tcp.write_all(head.as_bytes())
             .await
             .map_err(|e| transport(e.to_string()))?;
-        let (status, body_start, mut buf) = read_response_head(&mut tcp)
-            .await
-            .map_err(|e| transport(e.to_string()))?;
+        let (status, body_start, mut buf) =
+            tokio::time::timeout(answer_timeout, read_response_head(&mut tcp))
+                .await
+                .map_err(|_| transport(format!("no answer within {answer_timeout:?}")))?
+                .map_err(|e| transport(e.to_string()))?;
         if status != StatusCode::OK {
             let body = read_error_body(&mut tcp, &mut buf, body_start).await;
             let body = serde_json::from_slice(&body)
@@ -885,6 +929,57 @@ async fn read_error_body(tcp: &mut tokio::net::TcpStream, buf: &mut BytesMut, st
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stream_urls_are_parsed_not_trimmed() {
+        let ok = |url: &str| http_authority(url).unwrap();
+        assert_eq!(
+            ok("http://127.0.0.1:8082"),
+            ("127.0.0.1:8082".into(), "127.0.0.1:8082".into())
+        );
+        assert_eq!(
+            ok("http://127.0.0.1:8082/"),
+            ("127.0.0.1:8082".into(), "127.0.0.1:8082".into())
+        );
+        assert_eq!(ok("http://walsync"), ("walsync:80".into(), "walsync".into()));
+        assert_eq!(
+            ok("http://[::1]:9000"),
+            ("[::1]:9000".into(), "[::1]:9000".into())
+        );
+        assert_eq!(ok("http://[::1]").0, "[::1]:80");
+        for bad in [
+            "https://127.0.0.1:8082",
+            "127.0.0.1:8082",
+            "http://",
+            "http://host:port",
+            "http://host:8082/prefix",
+            "http://user@host:1",
+            "http://:8082",
+        ] {
+            let err = http_authority(bad).unwrap_err();
+            assert!(matches!(err, ClientError::InvalidUrl(_)), "{bad}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn opening_a_stream_gives_up_on_a_server_that_never_answers() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        // Accepts, reads, never answers.
+        let _server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut sink = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut conn, &mut sink).await;
+        });
+        let opened = tokio::time::timeout(
+            Duration::from_secs(10),
+            WalAppendStream::open(&url, "tl", 1, Duration::from_millis(200)),
+        )
+        .await
+        .expect("gave up on its own");
+        let err = opened.unwrap_err();
+        assert!(err.to_string().contains("no answer within"), "{err}");
+    }
 
     #[test]
     fn frames_decode_across_arbitrary_splits() {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use ibd_api::server::{serve_threaded, RequestMetrics};
+use ibd_api::server::{serve_threaded, RequestMetrics, ThreadedConfig};
 use prometheus_client::registry::Registry;
 use walsync::http::WalsyncService;
 use walsync::metrics::Metrics;
@@ -15,8 +15,15 @@ use walsync::timeline::TimelineConfig;
 use walsync::timelines::Timelines;
 
 /// Connections served at once (one thread each); clients keep a few each (a mount: one append
-/// stream or a small keep-alive pool), so this bounds threads, not clients.
+/// stream or a small keep-alive pool), so this bounds threads, not clients. Beyond it a
+/// connection is answered `503 busy`.
 const MAX_CONNECTIONS: usize = 1024;
+/// A connection that sends no request head for this long (idle between requests included) is
+/// closed, freeing its thread. Above the clients' 60 s idle-pool timeout, so they close first.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(120);
+/// TCP keepalive idle time on accepted connections: a vanished peer's connection (an append
+/// stream waits on it indefinitely otherwise) ends about 30 s after this.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -44,28 +51,48 @@ struct Args {
     retention_interval_secs: f64,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let args = Args::parse();
-    // This runtime only accepts connections, runs retention and waits for signals: each connection
-    // is served by its own thread (see `serve_threaded`).
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?
-        .block_on(run(args))
+    // The data directory's lock is held until the process exits: connection threads or a
+    // retention pass may still be writing when `run` returns, so the process exits right after
+    // it (ending them), and only then does the kernel release the lock. Nothing is dropped on the
+    // way out: a restarted walsync never shares the directory with a writer of this one.
+    let code = match start(args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            1
+        }
+    };
+    std::process::exit(code)
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+fn start(args: Args) -> anyhow::Result<()> {
     let interval_ok = args.retention_interval_secs.is_finite() && args.retention_interval_secs > 0.0;
     if args.segment_size == 0 || !interval_ok {
         bail!("--segment-size and --retention-interval-secs must be positive");
     }
-    let _lock = lock_data_dir(&args.data_dir)?;
+    let lock = lock_data_dir(&args.data_dir)?;
+    // This runtime only accepts connections, runs retention and waits for signals: each connection
+    // is served by its own thread (see `serve_threaded`).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(run(args));
+    // Not dropped: dropping the runtime would wait for a retention pass, and the lock must
+    // outlive every writer (see `main`).
+    std::mem::forget(runtime);
+    std::mem::forget(lock);
+    result
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let mut registry = Registry::with_prefix("walsync");
     let request_metrics = RequestMetrics::register(&mut registry);
     let metrics = Metrics::register(&mut registry);
@@ -108,8 +135,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         async move {
             let _ = stopped.wait_for(|s| *s).await;
         },
-        MAX_CONNECTIONS,
-        "walsync-conn",
+        ThreadedConfig {
+            max_connections: MAX_CONNECTIONS,
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            tcp_keepalive: TCP_KEEPALIVE,
+            thread_name: "walsync-conn".into(),
+        },
     );
     // Append streams are long-lived: give them a moment after the signal, then stop anyway. Every
     // acknowledged byte is already durable, so cutting a stream loses nothing acknowledged.

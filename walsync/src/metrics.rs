@@ -113,3 +113,23 @@ impl Metrics {
         }
     }
 }
+
+/// The value of the first sample in Prometheus text `text` whose line starts with `series` (a
+/// metric name, with its labels if it has any: `walsync_durable_lsn{timeline="t"}`). For tests
+/// and tools reading `/metrics`.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn samples_are_found_by_their_full_series_name() {
+        let text = "a_total 3\na_total_x 4\nb{t=\"x\"} 5.5\n# EOF\n";
+        assert_eq!(super::sample(text, "a_total"), Some(3.0));
+        assert_eq!(super::sample(text, "b{t=\"x\"}"), Some(5.5));
+        assert_eq!(super::sample(text, "b"), None);
+    }
+}

@@ -35,11 +35,12 @@ pub fn enforce(timelines: &Timelines, window: Duration) {
 
 /// A retention pass keeping what is needed to recover to any point since `window_start_ms`.
 fn enforce_from(timelines: &Timelines, window_start_ms: u64) {
-    // No branch may be created between deciding what a parent keeps and removing the rest.
-    let _topology = timelines.lock_topology();
-    let all = timelines.list();
-    for tl in &all {
-        let branch_lsns: Vec<u64> = all
+    for tl in timelines.list() {
+        // No branch of `tl` may be created between deciding what it keeps and removing the rest;
+        // creations wait for this one timeline, not for the whole pass.
+        let _topology = timelines.lock_topology();
+        let branch_lsns: Vec<u64> = timelines
+            .list()
             .iter()
             .filter(|child| child.parent_id().as_deref() == Some(tl.id()))
             .filter_map(|child| child.with_meta(|m| m.parent.as_ref().map(|p| p.lsn)))
@@ -73,6 +74,7 @@ pub async fn run(timelines: Arc<Timelines>, window: Duration, interval: Duration
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering::SeqCst;
     use std::sync::mpsc;
 
     use ibd_api::walsync::{BranchPoint, Checkpoint, CheckpointRecord};
@@ -130,13 +132,23 @@ mod tests {
         // is requested: it recovers from the checkpoint at 105000.
         let (done_tx, done) = mpsc::channel();
         let creator = timelines.clone();
+        let created = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let staged = std::sync::atomic::AtomicBool::new(false);
         *timelines.before_removal.lock().unwrap() = Some(Box::new(move || {
-            let (creator, done_tx) = (creator.clone(), done_tx.clone());
-            std::thread::spawn(move || {
-                let _ = done_tx.send(creator.create("child", branch(120_000)));
+            if staged.swap(true, SeqCst) {
+                return;
+            }
+            std::thread::spawn({
+                let (creator, done_tx, created) = (creator.clone(), done_tx.clone(), created.clone());
+                move || {
+                    let _ = done_tx.send(creator.create("child", branch(120_000)));
+                    created.store(true, SeqCst);
+                }
             });
-            // Time for the creation to finish if nothing holds it back.
-            std::thread::sleep(std::time::Duration::from_millis(300));
+            // Until the creation either finished (nothing held it back) or waits for the lock.
+            while creator.topology_waiters.load(SeqCst) == 0 && !created.load(SeqCst) {
+                std::thread::yield_now();
+            }
         }));
         enforce_from(&timelines, later_than_every_checkpoint());
         *timelines.before_removal.lock().unwrap() = None;

@@ -12,9 +12,11 @@ use ibd_api::walsync::{FrameDecoder, FrameError, StreamAck, WalFrame};
 use crate::error::WalError;
 use crate::timeline::Timeline;
 
-/// Frames applied with one group commit, at most; more wait for the next.
+/// Frames applied with one group commit, at most; more wait for the next. The bytes bound memory
+/// per stream (with at most one partial frame, up to 16 MiB, in the decoder): a batch much larger
+/// than what arrives during one fdatasync buys nothing.
 const MAX_BATCH_FRAMES: usize = 1024;
-const MAX_BATCH_BYTES: usize = 32 << 20;
+const MAX_BATCH_BYTES: usize = 4 << 20;
 /// See `poll_frame`.
 const IDLE_POLLS_BEFORE_COMMIT: u32 = 2;
 

@@ -6,7 +6,10 @@
 //! no hand-off to another thread and back on the way of a commit. Appends are group-committed:
 //! an appender writes its record under the lock, then either finds it already durable, waits for
 //! the fdatasync in progress, or (if none is) leads one itself, outside the lock, covering every
-//! record written so far; writers that arrive meanwhile join the next. Reads do not take the
+//! record written so far; writers that arrive meanwhile join the next. Every fdatasync of the WAL
+//! (a commit's, one before a metadata change, one sealing a segment) goes through
+//! `Writer::sync_target` / `Writer::synced`, one at a time: a segment is sealed only once the
+//! fdatasync in progress has ended, so one file never has two in flight. Reads do not take the
 //! writer lock; they see the durable LSN and the segment index.
 
 use std::path::Path;
@@ -20,9 +23,10 @@ use ibd_api::walsync::{
 
 use crate::error::WalError;
 use crate::metrics::Metrics;
+use crate::metrics::TimelineLabel;
 use crate::storage::checkpoints::CheckpointLog;
 use crate::storage::meta::TimelineMeta;
-use crate::storage::wal::{KnownCorrupt, WalReader, WalStore};
+use crate::storage::wal::{CorruptWal, WalReader, WalStore};
 
 mod writer;
 use writer::Writer;
@@ -47,6 +51,7 @@ struct State {
 }
 
 /// An append written by [`Timeline::write`], not yet known durable.
+#[cfg(test)]
 #[derive(Debug, Clone, Copy)]
 #[must_use = "an append is acknowledged only once wait_durable returns"]
 pub struct Written {
@@ -103,16 +108,33 @@ impl Timeline {
         }
         let (wal, report) = WalStore::open(&dir.join("wal"), config.segment_size)?;
         let label = metrics.timeline(&meta.timeline_id);
-        if let Some((path, torn)) = report.torn_tail {
-            tracing::warn!(
-                timeline = %meta.timeline_id,
-                segment = %path.display(),
-                offset = torn.offset,
-                cut_bytes = torn.file_len - torn.offset,
-                reason = torn.reason,
-                "truncated torn WAL tail (bytes never acknowledged)"
-            );
-            metrics.torn_tails_truncated.inc();
+        match report.torn_tail {
+            Some((path, torn)) if torn.synced_to.is_some() => {
+                tracing::error!(
+                    timeline = %meta.timeline_id,
+                    segment = %path.display(),
+                    offset = torn.offset,
+                    cut_bytes = torn.file_len - torn.offset,
+                    reason = torn.reason,
+                    synced_to = torn.synced_to,
+                    "WAL recorded as synced is missing from the end of the last segment (the file is \
+                     shorter than that WAL): the durable LSN goes back to what is there"
+                );
+                metrics.corrupt_wal_found.inc();
+            }
+            Some((path, torn)) => {
+                tracing::warn!(
+                    timeline = %meta.timeline_id,
+                    segment = %path.display(),
+                    offset = torn.offset,
+                    cut_bytes = torn.file_len - torn.offset,
+                    reason = torn.reason,
+                    synced_lsn = report.watermark,
+                    "truncated torn WAL tail (past the synced watermark: never acknowledged)"
+                );
+                metrics.torn_tails_truncated.inc();
+            }
+            None => {}
         }
         for (path, corrupt) in &report.corrupt {
             tracing::error!(
@@ -123,8 +145,8 @@ impl Timeline {
                 from_lsn = corrupt.from_lsn,
                 to_lsn = corrupt.to_lsn,
                 reason = corrupt.reason,
-                "corrupt WAL (valid records follow it, so not a torn write): kept on disk, refused \
-                 to readers; the rest of the timeline stays available"
+                "corrupt WAL (valid records follow it, or it was synced, so not a torn write): kept \
+                 on disk, refused to readers; the rest of the timeline stays available"
             );
             metrics.corrupt_wal_found.inc();
         }
@@ -174,25 +196,35 @@ impl Timeline {
     /// Appends and waits until the bytes are durable; returns the durable LSN. Blocking.
     pub fn append(&self, term: u64, start_lsn: u64, data: &[u8]) -> Result<u64, WalError> {
         let arrived = Instant::now();
-        let mut w = self.lock();
-        let end = self.write_locked(&mut w, term, start_lsn, data)?;
-        let durable = self.commit(w, end)?;
+        let (w, written) = self.write_locked(self.lock(), term, start_lsn, data);
+        let durable = self.commit(w, written?)?;
         self.count_acked(1, arrived);
         Ok(durable)
     }
 
     /// The first half of [`append`](Self::append): writes the bytes (not durable yet) and returns
-    /// what to pass to [`wait_durable`](Self::wait_durable). Lets a caller that must keep appends
-    /// in LSN order release its own lock before waiting, so concurrent appends share fdatasyncs.
+    /// what to pass to [`wait_durable`](Self::wait_durable), so tests can stage concurrent
+    /// appends.
+    #[cfg(test)]
     pub fn write(&self, term: u64, start_lsn: u64, data: &[u8]) -> Result<Written, WalError> {
         let arrived = Instant::now();
-        let end = self.write_locked(&mut self.lock(), term, start_lsn, data)?;
+        let end = self.write_locked(self.lock(), term, start_lsn, data).1?;
         Ok(Written { end, arrived })
     }
 
-    /// Checks and writes one append; returns the LSN it needs durable.
-    fn write_locked(&self, w: &mut Writer, term: u64, start_lsn: u64, data: &[u8]) -> Result<u64, WalError> {
-        let written = w.check_term(term).and_then(|()| {
+    /// Checks and writes one append; returns the lock and the LSN the append needs durable.
+    fn write_locked<'a>(
+        &'a self,
+        mut w: MutexGuard<'a, Writer>,
+        term: u64,
+        start_lsn: u64,
+        data: &[u8],
+    ) -> (MutexGuard<'a, Writer>, Result<u64, WalError>) {
+        // Sealing a segment syncs it: never while an fdatasync of it is in progress.
+        while w.syncing && w.wal.needs_new_segment() {
+            w = self.wait_for_sync(w);
+        }
+        let written = self.check_term(term).and_then(|()| {
             let (start, rest) = self.compare_below_branch(start_lsn, data)?;
             if rest.is_empty() && !data.is_empty() {
                 // Wholly the parent's WAL, which is durable.
@@ -200,7 +232,8 @@ impl Timeline {
             }
             w.write(start, rest)
         });
-        written.inspect_err(|e| w.count_rejected(e))
+        let written = written.inspect_err(|e| w.count_rejected(e));
+        (w, written)
     }
 
     /// A branch's resend may start below its branch LSN, in WAL it shares with its parent: that
@@ -227,6 +260,7 @@ impl Timeline {
     }
 
     /// Waits until a [`write`](Self::write) is durable; returns the durable LSN. Blocking.
+    #[cfg(test)]
     pub fn wait_durable(&self, written: Written) -> Result<u64, WalError> {
         let durable = self.commit(self.lock(), written.end)?;
         self.count_acked(1, written.arrived);
@@ -242,7 +276,9 @@ impl Timeline {
         let mut accepted = 0;
         let mut refused = None;
         for frame in frames {
-            match self.write_locked(&mut w, term, frame.start_lsn, &frame.data) {
+            let written;
+            (w, written) = self.write_locked(w, term, frame.start_lsn, &frame.data);
+            match written {
                 Ok(end) => {
                     upto = upto.max(Some(end));
                     accepted += 1;
@@ -267,11 +303,13 @@ impl Timeline {
     /// Returns once the WAL is durable up to `upto` (written by the caller under this lock).
     fn commit<'a>(&'a self, mut w: MutexGuard<'a, Writer>, upto: u64) -> Result<u64, WalError> {
         loop {
-            if let Some(durable) = w.durable().filter(|d| *d >= upto) {
-                return Ok(durable);
-            }
+            // Failure first: after a failed fdatasync nothing is acknowledged, whatever the
+            // durable LSN says.
             if let Some(failure) = w.failure() {
                 return Err(WalError::Failed(failure));
+            }
+            if let Some(durable) = w.durable().filter(|d| *d >= upto) {
+                return Ok(durable);
             }
             if w.syncing {
                 w = self.wait_for_sync(w);
@@ -279,26 +317,19 @@ impl Timeline {
             }
             // Lead an fdatasync of everything written so far, outside the lock, so the next
             // writers can add their records meanwhile (they form the next batch).
-            let Some(target) = w.wal.sync_target() else {
+            let Some((target, batch)) = w.sync_target() else {
                 // Written, yet not durable, and nothing to sync: cannot happen; never ack it.
                 return Err(WalError::Failed(format!(
                     "LSN {upto} was written but there is nothing to sync"
                 )));
             };
             w.syncing = true;
-            let batch = std::mem::take(&mut w.unsynced_appends);
             drop(w);
-            let started = Instant::now();
-            let synced = target.sync();
-            let elapsed = started.elapsed();
+            let (synced, took) = target.sync();
             w = self.lock();
             w.syncing = false;
-            match synced {
-                Ok(()) => w.synced(target.end, batch, elapsed),
-                Err(e) => {
-                    w.fail(e);
-                }
-            }
+            // An error is the timeline's failure, which the next round reports.
+            let _ = w.synced(&target, batch, synced, took);
             // A lone writer (the common case) skips the wake-up system call.
             if w.waiting > 0 {
                 self.synced.notify_all();
@@ -330,14 +361,14 @@ impl Timeline {
     /// Blocking.
     pub fn set_geometry(&self, term: u64, geometry: Geometry) -> Result<GeometryRecord, WalError> {
         let w = self.lock_synced()?;
-        w.check_term(term)?;
+        self.check_term(term)?;
         w.set_geometry(geometry)
     }
 
     /// Blocking.
     pub fn add_checkpoint(&self, term: u64, checkpoint: Checkpoint) -> Result<CheckpointRecord, WalError> {
         let mut w = self.lock_synced()?;
-        w.check_term(term)?;
+        self.check_term(term)?;
         w.add_checkpoint(checkpoint)
     }
 
@@ -364,9 +395,21 @@ impl Timeline {
         }
     }
 
-    /// Whether `term` may write now (the writer checks again when it applies each change).
-    pub fn check_term(&self, term: u64) -> Result<(), WalError> {
-        check_term(&self.state.read().expect("state lock"), term)
+    /// Whether `term` may write now: only the current term may, and only while the timeline is
+    /// healthy. The writer checks again, under its lock, when it applies each change.
+    pub fn check_term(&self, given: u64) -> Result<(), WalError> {
+        let state = self.state.read().expect("state lock");
+        if let Some(failure) = &state.failed {
+            return Err(WalError::Failed(failure.clone()));
+        }
+        let current = state.meta.term;
+        if given < current {
+            return Err(WalError::StaleTerm { given, current });
+        }
+        if given > current || given == 0 {
+            return Err(WalError::UnknownTerm { given, current });
+        }
+        Ok(())
     }
 
     pub fn parent_id(&self) -> Option<String> {
@@ -420,18 +463,26 @@ impl Timeline {
         let (geometry, checkpoint) =
             self.with_meta(|m| (m.geometry_at(lsn).cloned(), m.checkpoint_for(lsn).cloned()));
         let needed_from = checkpoint.as_ref().map_or(lsn, |c| c.checkpoint.checkpoint_lsn);
-        match self.readable_start() {
-            Some(start) if start <= needed_from => {}
-            start => {
-                return Err(WalError::BranchBelowWal {
-                    lsn,
-                    needed_from,
-                    start: start.unwrap_or(lsn),
-                })
-            }
-        }
-        self.check_not_corrupt(needed_from, lsn)?;
+        self.check_servable(needed_from, lsn, |start| WalError::BranchBelowWal {
+            lsn,
+            needed_from,
+            start,
+        })?;
         Ok((geometry, checkpoint))
+    }
+
+    /// Checks WAL `[from, to)` can be read: still stored from `from` on (else the error `missing`
+    /// makes from the readable start, or `to` if nothing is readable), and not known corrupt.
+    fn check_servable(
+        &self,
+        from: u64,
+        to: u64,
+        missing: impl FnOnce(u64) -> WalError,
+    ) -> Result<(), WalError> {
+        match self.readable_start() {
+            Some(start) if start <= from => self.check_not_corrupt(from, to),
+            start => Err(missing(start.unwrap_or(to))),
+        }
     }
 
     /// Refuses a range overlapping WAL known corrupt, here or (below the branch LSN) in an
@@ -501,7 +552,7 @@ impl Timeline {
                     from,
                     start: self.reader.bounds().map_or(own_start, |b| b.0),
                 },
-                _ => read_error(e, &self.id, &self.metrics),
+                _ => read_error(e, &self.id, &self.reader, &self.metrics),
             })?;
             out.extend_from_slice(&bytes);
         }
@@ -539,48 +590,36 @@ impl Timeline {
         };
         // A plan is only worth giving if its WAL can be read: retention (or a writer that began
         // appending after the checkpoint it reported) may have left it incomplete.
-        match self.readable_start() {
-            Some(start) if start <= plan.wal_from => {}
-            start => {
-                return Err(WalError::RecoveryWalMissing {
-                    target: plan.wal_to,
-                    from: plan.wal_from,
-                    start: start.unwrap_or(plan.wal_to),
-                })
-            }
-        }
-        self.check_not_corrupt(plan.wal_from, plan.wal_to)?;
+        self.check_servable(plan.wal_from, plan.wal_to, |start| WalError::RecoveryWalMissing {
+            target: plan.wal_to,
+            from: plan.wal_from,
+            start,
+        })?;
         Ok(plan)
     }
 }
 
-/// A failed read of stored WAL: corrupt bytes (known since start, or failing their CRC now) are
-/// `wal_corrupt`, reported loudly the first time; anything else is a storage error.
-fn read_error(e: std::io::Error, timeline: &str, metrics: &Metrics) -> WalError {
+/// A failed read of stored WAL: corrupt bytes (known since start, or failing their check now) are
+/// `wal_corrupt`, reported loudly when first found (the read that finds them records them, so
+/// later reads are refused without reading them again); anything else is a storage error.
+fn read_error(e: std::io::Error, timeline: &str, reader: &WalReader, metrics: &Metrics) -> WalError {
     if e.kind() != std::io::ErrorKind::InvalidData {
         return WalError::Io(e);
     }
-    let known = e.get_ref().is_some_and(|inner| inner.is::<KnownCorrupt>());
-    if !known {
-        tracing::error!(timeline, error = %e, "stored WAL failed its CRC check on read");
+    let corrupt = e.get_ref().and_then(|inner| inner.downcast_ref::<CorruptWal>());
+    if corrupt.is_none_or(|c| c.newly_found) {
+        let detail = corrupt.and_then(|c| c.detail.as_deref()).unwrap_or_default();
+        tracing::error!(timeline, error = %e, detail, "stored WAL failed its check on read; refused from now on");
         metrics.corrupt_wal_found.inc();
+        let label = TimelineLabel {
+            timeline: timeline.to_string(),
+        };
+        metrics
+            .corrupt_wal_bytes
+            .get_or_create(&label)
+            .set(reader.corrupt_bytes() as i64);
     }
     WalError::Corrupt(format!("cannot serve WAL of timeline {timeline}: {e}"))
-}
-
-/// Only the current term may write, and only while the timeline is healthy.
-fn check_term(state: &State, given: u64) -> Result<(), WalError> {
-    if let Some(failure) = &state.failed {
-        return Err(WalError::Failed(failure.clone()));
-    }
-    let current = state.meta.term;
-    if given < current {
-        return Err(WalError::StaleTerm { given, current });
-    }
-    if given > current || given == 0 {
-        return Err(WalError::UnknownTerm { given, current });
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -614,8 +653,91 @@ mod tests {
     fn metric(registry: &Registry, name: &str) -> f64 {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
-        let line = text.lines().find(|l| l.starts_with(name)).unwrap();
-        line.rsplit(' ').next().unwrap().parse().unwrap()
+        crate::metrics::sample(&text, name).unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    }
+
+    #[test]
+    fn a_segment_is_sealed_only_after_the_fdatasync_in_progress_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut registry = Registry::with_prefix("walsync");
+        let metrics = Metrics::register(&mut registry);
+        TimelineMeta::new("t", None).store(dir.path()).unwrap();
+        CheckpointLog::create(dir.path(), &[]).unwrap();
+        let config = TimelineConfig { segment_size: 100 };
+        let tl = Timeline::open(dir.path(), None, &config, &metrics).unwrap();
+        let term = tl.acquire_term(None).unwrap().term;
+        // The first fdatasync blocks until released, once it has said it started.
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let released = Mutex::new(Some(released));
+        let hook = move || {
+            if let Some(released) = released.lock().unwrap().take() {
+                started_tx.send(()).unwrap();
+                released.recv().unwrap();
+            }
+        };
+        tl.lock().wal.set_sync_hook(Arc::new(hook));
+
+        // A full segment, whose commit leads an fdatasync (held in progress)...
+        let first = tl.write(term, 0, &[1; 100]).unwrap();
+        std::thread::scope(|s| {
+            let leader = s.spawn(|| tl.wait_durable(first));
+            started.recv().unwrap();
+            // ...while the next append needs a new segment, so the full one synced: it must wait
+            // for the fdatasync in progress, not run a second one of the same file beside it.
+            let roller = s.spawn(|| tl.append(term, 100, &[2; 50]));
+            while tl.lock().waiting == 0 && !roller.is_finished() {
+                std::thread::yield_now();
+            }
+            release.send(()).unwrap();
+            assert_eq!(leader.join().unwrap().unwrap(), 100);
+            assert_eq!(roller.join().unwrap().unwrap(), 150);
+        });
+        assert_eq!(std::fs::read_dir(dir.path().join("wal")).unwrap().count(), 3);
+        assert_eq!(tl.durable_lsn(), Some(150));
+        // Every fdatasync, the ones sealing segments included, is observed, and every append
+        // counted in exactly one.
+        tl.append(term, 150, &[3; 100]).unwrap();
+        tl.append(term, 250, &[4; 10]).unwrap();
+        let syncs = tl.wal_syncs();
+        assert!(syncs >= 3, "{syncs}");
+        assert_eq!(
+            metric(&registry, "walsync_fsync_latency_seconds_count"),
+            syncs as f64
+        );
+        assert_eq!(metric(&registry, "walsync_fsync_batch_appends_sum"), 4.0);
+    }
+
+    #[test]
+    fn a_record_failing_its_crc_on_read_is_reported_once_and_refused_from_then_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tl, registry) = open(dir.path());
+        let term = tl.acquire_term(None).unwrap().term;
+        for lsn in (1000..4000).step_by(1000) {
+            tl.append(term, lsn, &[lsn as u8; 1000]).unwrap();
+        }
+        // The middle record rots after walsync started.
+        let segment = dir
+            .path()
+            .join("wal")
+            .join(crate::storage::segment::file_name(1000));
+        let mut bytes = std::fs::read(&segment).unwrap();
+        bytes[1016 + 16 + 7] ^= 1;
+        std::fs::write(&segment, bytes).unwrap();
+        for _ in 0..3 {
+            let err = tl.read(2500, 2600).unwrap_err();
+            assert_eq!((err.code(), err.http_status()), ("wal_corrupt", 500));
+        }
+        assert_eq!(metric(&registry, "walsync_corrupt_wal_found_total"), 1.0);
+        assert_eq!(
+            metric(&registry, "walsync_corrupt_wal_bytes{timeline=\"t\"}"),
+            1000.0
+        );
+        // Also refused to a read that would not have read the bad record itself any more.
+        assert_eq!(tl.read(1999, 2001).unwrap_err().code(), "wal_corrupt");
+        assert_eq!(tl.read(1000, 2000).unwrap(), vec![232; 1000]);
+        assert_eq!(tl.read(3000, 4000).unwrap(), vec![184; 1000]);
+        assert_eq!(metric(&registry, "walsync_corrupt_wal_found_total"), 1.0);
     }
 
     #[test]

@@ -34,10 +34,14 @@ pub struct Timelines {
     config: TimelineConfig,
     metrics: Metrics,
     map: RwLock<BTreeMap<String, Arc<Timeline>>>,
-    /// Held while a timeline is created and while a retention pass decides what each timeline
+    /// Held while a timeline is created, and while a retention pass decides what one timeline
     /// keeps and removes the rest: a branch is never created between the two, where retention
-    /// would remove WAL the new branch needs.
+    /// would remove WAL the new branch needs. Retention takes it per timeline, so a creation
+    /// waits for one timeline's removal at most, not for a whole pass.
     topology: Mutex<()>,
+    /// Threads waiting for `topology` (tests stage races with it).
+    #[cfg(test)]
+    pub(crate) topology_waiters: std::sync::atomic::AtomicUsize,
     /// Runs in a retention pass between deciding and removing (tests stage races with it).
     #[cfg(test)]
     pub(crate) before_removal: Mutex<Option<Box<dyn Fn() + Send>>>,
@@ -68,6 +72,8 @@ impl Timelines {
             metrics,
             map: RwLock::new(BTreeMap::new()),
             topology: Mutex::new(()),
+            #[cfg(test)]
+            topology_waiters: Default::default(),
             #[cfg(test)]
             before_removal: Mutex::new(None),
         };
@@ -116,7 +122,14 @@ impl Timelines {
 
     /// See `topology`.
     pub(crate) fn lock_topology(&self) -> MutexGuard<'_, ()> {
-        self.topology.lock().unwrap_or_else(|e| e.into_inner())
+        #[cfg(test)]
+        self.topology_waiters
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let guard = self.topology.lock().unwrap_or_else(|e| e.into_inner());
+        #[cfg(test)]
+        self.topology_waiters
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        guard
     }
 
     /// The timeline, created empty if it does not exist. Blocking.

@@ -154,6 +154,37 @@ impl WalIndex {
             .collect()
     }
 
+    /// Notes WAL found corrupt when read, refused from now on: the record at `lsn`, up to `end`
+    /// if it failed its CRC (its length may have rotted too: then a later read finds the next
+    /// header wrong); else (its header is wrong, maybe reached through a bad length) every read
+    /// that scans from `mark_lsn` fails, up to the next mark (reads after that start there).
+    /// Returns the range, and whether it is new.
+    pub fn mark_corrupt(&mut self, lsn: u64, end: Option<u64>, mark_lsn: u64) -> Option<(u64, u64, bool)> {
+        let segment = self
+            .segments
+            .iter_mut()
+            .find(|s| s.start_lsn <= lsn && lsn < s.end_lsn)?;
+        let (from, to) = match end {
+            Some(end) => (lsn, end.min(segment.end_lsn)),
+            None => {
+                let next_mark = segment.marks.iter().map(|m| m.lsn).find(|m| *m > lsn);
+                (mark_lsn.min(lsn), next_mark.unwrap_or(segment.end_lsn))
+            }
+        };
+        if let Some((a, b)) = segment
+            .corrupt
+            .iter()
+            .copied()
+            .find(|(a, b)| *a < to && from < *b)
+        {
+            return Some((a, b, false));
+        }
+        let i = segment.corrupt.partition_point(|c| c.0 < from);
+        segment.corrupt.insert(i, (from, to));
+        self.corrupt_bytes += to - from;
+        Some((from, to, true))
+    }
+
     /// Removes the segments that end at or before `lsn`, never the last one (it is appended to).
     pub fn remove_before(&mut self, lsn: u64) -> Vec<SegmentEntry> {
         let keep_last = self.segments.len().saturating_sub(1);

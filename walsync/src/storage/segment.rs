@@ -62,6 +62,9 @@ pub struct TornTail {
     pub offset: u64,
     pub file_len: u64,
     pub reason: &'static str,
+    /// Set if the watermark says WAL up to this LSN was synced, yet the file ends (or holds bytes
+    /// that cannot be its records) before it: synced WAL is missing, not torn.
+    pub synced_to: Option<u64>,
 }
 
 /// Bytes of a segment that are not a valid record although valid records (or, in a sealed
@@ -107,6 +110,16 @@ fn check_record(bytes: &[u8], expected_lsn: u64) -> Result<u64, &'static str> {
     Ok(u64::from(header.len))
 }
 
+/// The payload length of the record at the start of `bytes` if its header is plausible (it
+/// continues at `expected_lsn`, its length is in range) and the payload is all there: only its
+/// CRC can have failed.
+fn complete_record_len(bytes: &[u8], expected_lsn: u64) -> Option<u64> {
+    let header = Header::parse(bytes.get(..RECORD_HEADER_LEN as usize)?.try_into().ok()?);
+    let complete = bytes.len() as u64 >= RECORD_HEADER_LEN + u64::from(header.len);
+    (header.start_lsn == expected_lsn && (1..=MAX_RECORD_LEN).contains(&header.len) && complete)
+        .then_some(u64::from(header.len))
+}
+
 /// After an invalid record at `offset` (where LSN `lsn` should have started): the next valid
 /// record, as (offset, LSN), if any.
 fn next_valid_record(bytes: &[u8], offset: usize, lsn: u64) -> Option<(usize, u64)> {
@@ -135,9 +148,13 @@ fn next_valid_record(bytes: &[u8], offset: usize, lsn: u64) -> Option<(usize, u6
 
 /// Reads every record of a segment, building its index. A run of invalid bytes followed by a
 /// valid record is corruption: it is skipped (and reported) and the scan goes on. An invalid
-/// record with nothing valid after it ends the scan: in the last segment that is a torn tail;
-/// in a sealed one (`next_start`: where the next segment starts) it is corruption up to the end.
-pub fn scan(path: &Path, start_lsn: u64, next_start: Option<u64>) -> io::Result<Scan> {
+/// record with nothing valid after it: in a sealed segment (`next_start`: where the next segment
+/// starts) it is corruption up to the end. In the last segment it depends on `synced` (the
+/// watermark: WAL below it was fdatasynced): past it, a torn (never acknowledged) tail, ending the
+/// scan; below it, corruption, kept and reported: a record whose header is intact and payload
+/// complete is skipped and the scan goes on after it, else the bad bytes up to the end of the
+/// file are taken to hold the WAL up to the watermark.
+pub fn scan(path: &Path, start_lsn: u64, next_start: Option<u64>, synced: Option<u64>) -> io::Result<Scan> {
     let bytes = std::fs::read(path)?;
     let file_len = bytes.len() as u64;
     let mut entry = SegmentEntry::new(path.to_path_buf(), start_lsn);
@@ -169,19 +186,61 @@ pub fn scan(path: &Path, start_lsn: u64, next_start: Option<u64>) -> io::Result<
                 entry.skip_corrupt(to_lsn, end_offset as u64);
             }
             None => {
-                break Some(TornTail {
+                let lsn = entry.end_lsn;
+                let Some(synced) = synced.filter(|synced| lsn < *synced) else {
+                    break Some(TornTail {
+                        offset: offset as u64,
+                        file_len,
+                        reason,
+                        synced_to: None,
+                    });
+                };
+                // Synced, so acknowledged: whatever went wrong here, it was not a torn write.
+                let complete = complete_record_len(&bytes[offset..], lsn).filter(|len| lsn + len <= synced);
+                let (to_lsn, end_offset) = match complete {
+                    Some(len) => (lsn + len, offset as u64 + RECORD_HEADER_LEN + len),
+                    // Bytes enough to have held the WAL up to the watermark (and so the next
+                    // scan finds what is appended after them as the WAL continuing there).
+                    None if file_len - offset as u64 >= RECORD_HEADER_LEN + (synced - lsn) => {
+                        (synced, file_len)
+                    }
+                    None => {
+                        break Some(TornTail {
+                            offset: offset as u64,
+                            file_len,
+                            reason,
+                            synced_to: Some(synced),
+                        })
+                    }
+                };
+                corrupt.push(Corrupt {
                     offset: offset as u64,
-                    file_len,
+                    end_offset,
+                    from_lsn: lsn,
+                    to_lsn,
                     reason,
-                })
+                });
+                entry.skip_corrupt(to_lsn, end_offset);
             }
         }
     };
     Ok(Scan { entry, corrupt, torn })
 }
 
+/// A record that failed its check when read.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {what} at LSN {lsn}")]
+pub struct BadRecord {
+    pub path: String,
+    pub what: &'static str,
+    /// Where the record starts.
+    pub lsn: u64,
+    /// Where it ends, if its header is intact.
+    pub end: Option<u64>,
+}
+
 /// Appends to `out` the bytes `[from, to)` of the segment, reading records from `mark` on and
-/// checking each record's CRC.
+/// checking each record's CRC; a bad record is an `InvalidData` error carrying a [`BadRecord`].
 pub fn read_range(path: &Path, mark: Mark, from: u64, to: u64, out: &mut Vec<u8>) -> io::Result<()> {
     let mut file = File::open(path)?;
     file.seek(SeekFrom::Start(mark.offset))?;
@@ -192,14 +251,17 @@ pub fn read_range(path: &Path, mark: Mark, from: u64, to: u64, out: &mut Vec<u8>
         let mut raw = [0u8; RECORD_HEADER_LEN as usize];
         reader.read_exact(&mut raw)?;
         let header = Header::parse(raw);
-        let corrupt = |what: &str| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{}: {what} at LSN {expected_lsn}", path.display()),
-            )
+        let corrupt = |what: &'static str, end: Option<u64>| {
+            let bad = BadRecord {
+                path: path.display().to_string(),
+                what,
+                lsn: expected_lsn,
+                end,
+            };
+            io::Error::new(io::ErrorKind::InvalidData, bad)
         };
         if header.start_lsn != expected_lsn || header.len == 0 || header.len > MAX_RECORD_LEN {
-            return Err(corrupt("unexpected record header"));
+            return Err(corrupt("unexpected record header", None));
         }
         let end = expected_lsn + u64::from(header.len);
         if end <= from {
@@ -208,7 +270,7 @@ pub fn read_range(path: &Path, mark: Mark, from: u64, to: u64, out: &mut Vec<u8>
             data.resize(header.len as usize, 0);
             reader.read_exact(&mut data)?;
             if !header.crc_matches(&data) {
-                return Err(corrupt("record CRC mismatch"));
+                return Err(corrupt("record CRC mismatch", Some(end)));
             }
             let lo = from.saturating_sub(expected_lsn) as usize;
             let hi = (to.min(end) - expected_lsn) as usize;
@@ -248,29 +310,85 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(file_name(100));
         write_records(&path, 100, &[b"abc", b"defg"]);
-        let scan = scan(&path, 100, None).unwrap();
+        let scan = scan(&path, 100, None, None).unwrap();
         assert_eq!(
             (scan.entry.end_lsn, scan.entry.file_len, scan.torn),
             (107, 39, None)
         );
 
-        // Half a record appended: torn at the end of the second record.
+        // Half a record appended past the watermark: torn at the end of the second record.
         let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(&encode_header(107, b"xyz")[..10]).unwrap();
-        let scan = super::scan(&path, 100, None).unwrap();
-        assert_eq!(scan.entry.end_lsn, 107);
-        assert_eq!(scan.torn.unwrap().offset, 39);
-        assert!(scan.corrupt.is_empty());
+        for synced in [None, Some(107)] {
+            let scan = super::scan(&path, 100, None, synced).unwrap();
+            assert_eq!(scan.entry.end_lsn, 107);
+            assert_eq!(scan.torn.unwrap().offset, 39);
+            assert!(scan.corrupt.is_empty());
+        }
+    }
 
-        // The last record failing its CRC, nothing valid after it: indistinguishable from a
-        // torn write, cut as one.
-        let mut bytes = std::fs::read(&path).unwrap()[..39].to_vec();
+    #[test]
+    fn a_bad_last_record_is_a_torn_tail_past_the_watermark_and_corruption_below_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(file_name(100));
+        write_records(&path, 100, &[b"abc", b"defg"]);
+        let clean = std::fs::read(&path).unwrap();
+        // The last record, complete, fails its CRC (its payload rotted).
+        let mut bytes = clean.clone();
         bytes[19 + 16] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();
-        let scan = super::scan(&path, 100, None).unwrap();
-        assert_eq!(scan.entry.end_lsn, 103);
-        assert_eq!(scan.torn.unwrap().reason, "record CRC mismatch");
-        assert!(scan.corrupt.is_empty());
+
+        // Not known synced (written, never acknowledged; after a power loss it may hold
+        // anything): a torn tail, cut.
+        for synced in [None, Some(103)] {
+            let scan = scan(&path, 100, None, synced).unwrap();
+            assert_eq!(scan.entry.end_lsn, 103);
+            let torn = scan.torn.unwrap();
+            assert_eq!(
+                (torn.offset, torn.reason, torn.synced_to),
+                (19, "record CRC mismatch", None)
+            );
+            assert!(scan.corrupt.is_empty());
+        }
+        // Synced: acknowledged WAL that rotted. Kept and reported, never cut; the WAL goes on
+        // after it.
+        let scan = scan(&path, 100, None, Some(107)).unwrap();
+        assert_eq!(scan.torn, None);
+        assert_eq!(
+            scan.corrupt,
+            vec![Corrupt {
+                offset: 19,
+                end_offset: 39,
+                from_lsn: 103,
+                to_lsn: 107,
+                reason: "record CRC mismatch",
+            }]
+        );
+        assert_eq!((scan.entry.end_lsn, scan.entry.file_len), (107, 39));
+
+        // Its header rotted too: the bad bytes to the end of the file hold the WAL up to the
+        // watermark; what an unsynced write left after a synced record is still cut.
+        let mut bytes = clean.clone();
+        bytes[19 + 8] ^= 0x01;
+        bytes.extend_from_slice(&encode_header(107, b"xyz")[..10]);
+        std::fs::write(&path, &bytes).unwrap();
+        let scan = super::scan(&path, 100, None, Some(107)).unwrap();
+        assert_eq!(scan.torn, None);
+        let c = &scan.corrupt[0];
+        assert_eq!((c.offset, c.end_offset, c.from_lsn, c.to_lsn), (19, 49, 103, 107));
+        let mut bytes = clean.clone();
+        bytes[19 + 16] ^= 0xff;
+        bytes.extend_from_slice(&encode_header(107, b"xyz")[..10]);
+        std::fs::write(&path, &bytes).unwrap();
+        let scan = super::scan(&path, 100, None, Some(107)).unwrap();
+        assert_eq!(scan.corrupt.len(), 1);
+        assert_eq!(scan.torn.unwrap().offset, 39);
+
+        // The file ends before the watermark: synced WAL is missing, said so.
+        std::fs::write(&path, &clean[..30]).unwrap();
+        let scan = super::scan(&path, 100, None, Some(107)).unwrap();
+        let torn = scan.torn.unwrap();
+        assert_eq!((torn.offset, torn.synced_to), (19, Some(107)));
     }
 
     #[test]
@@ -284,7 +402,7 @@ mod tests {
         let mut bytes = clean.clone();
         bytes[19 + 16 + 1] ^= 0x10;
         std::fs::write(&path, &bytes).unwrap();
-        let scan = scan(&path, 100, None).unwrap();
+        let scan = scan(&path, 100, None, None).unwrap();
         assert_eq!(scan.torn, None);
         assert_eq!(
             scan.corrupt,
@@ -305,7 +423,7 @@ mod tests {
         let mut bytes = clean.clone();
         bytes[19 + 4] ^= 0x40;
         std::fs::write(&path, &bytes).unwrap();
-        let scan = super::scan(&path, 100, None).unwrap();
+        let scan = super::scan(&path, 100, None, None).unwrap();
         assert_eq!(scan.torn, None);
         let corrupt = &scan.corrupt[0];
         assert_eq!((corrupt.offset, corrupt.end_offset), (19, 39));
@@ -318,7 +436,7 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
-        let scan = super::scan(&path, 100, Some(114)).unwrap();
+        let scan = super::scan(&path, 100, Some(114), None).unwrap();
         assert_eq!(scan.torn, None);
         assert_eq!((scan.corrupt[0].from_lsn, scan.corrupt[0].to_lsn), (109, 114));
         assert_eq!(scan.entry.end_lsn, 114);

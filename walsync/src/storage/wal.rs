@@ -1,14 +1,26 @@
 //! A timeline's WAL on disk: a directory of segment files, appended by one writer, read by many.
+//!
+//! Besides the segments, `synced_lsn` records how far the WAL is known synced (the watermark): a
+//! record below it was fdatasynced, and so acknowledged, and bad bytes there are corruption, never
+//! a torn write. It is rewritten (no fsync of its own) after every fdatasync of the WAL, so after a
+//! process crash the page cache holds its latest value; after a power loss it may be older, which
+//! only means fewer bad bytes are recognised as corruption (see `segment::scan`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use super::index::{SegmentEntry, WalIndex};
 use super::segment::{self, Corrupt, TornTail};
 use super::sync_dir;
+
+/// The watermark file in the WAL directory: `[u64 lsn][u32 crc32c(lsn)]`, little-endian.
+const WATERMARK_FILE: &str = "synced_lsn";
+const WATERMARK_LEN: usize = 12;
 
 /// The writer side: owns the open tail segment.
 pub struct WalStore {
@@ -19,24 +31,73 @@ pub struct WalStore {
     tail: Option<Arc<File>>,
     /// End of the WAL known to be durable.
     synced_end: Option<u64>,
+    sync_state: Arc<SyncState>,
+}
+
+/// What every fdatasync of this store shares.
+struct SyncState {
+    /// The watermark file, rewritten after each fdatasync.
+    watermark: File,
+    /// An fdatasync is in progress: the writer never starts a second one of the same WAL (on
+    /// Linux a writeback error is reported to only one of two concurrent fsyncs of a file).
+    in_flight: AtomicBool,
     /// fdatasyncs of WAL segments that succeeded (tests check group commit with it).
-    syncs: Arc<AtomicU64>,
+    syncs: AtomicU64,
+    /// Runs inside every fdatasync (tests hold one in progress with it).
+    #[cfg(test)]
+    hook: std::sync::Mutex<Option<Arc<dyn Fn() + Send + Sync>>>,
 }
 
 /// What one fdatasync makes durable: the tail segment, up to `end`. Taken under the writer's lock,
-/// synced outside it, then reported back with [`WalStore::mark_synced`].
+/// synced (in or outside it), then reported back with [`WalStore::mark_synced`]. The writer makes
+/// sure only one is in progress at a time.
 pub struct SyncTarget {
     file: Arc<File>,
     pub end: u64,
-    syncs: Arc<AtomicU64>,
+    state: Arc<SyncState>,
 }
 
 impl SyncTarget {
-    pub fn sync(&self) -> io::Result<()> {
-        self.file.sync_data()?;
-        self.syncs.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+    /// fdatasyncs the tail segment, then records the new watermark; returns how long it took.
+    pub fn sync(&self) -> (io::Result<()>, Duration) {
+        let started = Instant::now();
+        let overlapping = self.state.in_flight.swap(true, Ordering::AcqRel);
+        debug_assert!(!overlapping, "two fdatasyncs of one WAL in flight");
+        #[cfg(test)]
+        if let Some(hook) = self.state.hook.lock().unwrap().clone() {
+            hook();
+        }
+        let result = self
+            .file
+            .sync_data()
+            .and_then(|()| write_watermark(&self.state.watermark, self.end));
+        self.state.in_flight.store(false, Ordering::Release);
+        if result.is_ok() {
+            self.state.syncs.fetch_add(1, Ordering::Relaxed);
+        }
+        (result, started.elapsed())
     }
+}
+
+fn write_watermark(file: &File, lsn: u64) -> io::Result<()> {
+    let mut buf = [0u8; WATERMARK_LEN];
+    buf[..8].copy_from_slice(&lsn.to_le_bytes());
+    let crc = crc32c::crc32c(&buf[..8]);
+    buf[8..].copy_from_slice(&crc.to_le_bytes());
+    file.write_all_at(&buf, 0)
+}
+
+/// The recorded watermark; `None` if there is none or it is unreadable (a torn write of it).
+fn read_watermark(file: &File) -> io::Result<Option<u64>> {
+    let mut buf = [0u8; WATERMARK_LEN];
+    match file.read_exact_at(&mut buf, 0) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let crc = u32::from_le_bytes(buf[8..].try_into().expect("4 bytes"));
+    let lsn = u64::from_le_bytes(buf[..8].try_into().expect("8 bytes"));
+    Ok((crc32c::crc32c(&buf[..8]) == crc).then_some(lsn))
 }
 
 /// What opening a store found and repaired.
@@ -45,17 +106,32 @@ pub struct OpenReport {
     pub torn_tail: Option<(PathBuf, TornTail)>,
     /// Corrupt ranges, kept (never truncated) and refused to readers.
     pub corrupt: Vec<(PathBuf, Corrupt)>,
+    /// The watermark found (how far the WAL was known synced).
+    pub watermark: Option<u64>,
 }
 
 impl WalStore {
     /// Opens (creating) the store in `dir`: scans every segment, truncates a torn tail of the last
-    /// one, and notes corrupt ranges (invalid bytes with valid WAL after them), which stay on disk
-    /// and are refused to readers; the rest stays available.
+    /// one (only past the watermark), and notes corrupt ranges (invalid bytes with valid WAL after
+    /// them, or below the watermark), which stay on disk and are refused to readers; the rest
+    /// stays available.
     pub fn open(dir: &Path, segment_size: u64) -> io::Result<(Self, OpenReport)> {
         if !dir.exists() {
             fs::create_dir_all(dir)?;
             sync_dir(dir.parent().expect("the WAL directory has a parent"))?;
         }
+        let watermark_path = dir.join(WATERMARK_FILE);
+        let watermark_existed = watermark_path.exists();
+        let watermark_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&watermark_path)?;
+        if !watermark_existed {
+            sync_dir(dir)?;
+        }
+        let watermark = read_watermark(&watermark_file)?;
         let mut starts = Vec::new();
         for entry in fs::read_dir(dir)? {
             let name = entry?.file_name();
@@ -65,7 +141,10 @@ impl WalStore {
         }
         starts.sort_unstable();
         let mut index = WalIndex::default();
-        let mut report = OpenReport::default();
+        let mut report = OpenReport {
+            watermark,
+            ..OpenReport::default()
+        };
         for (i, start) in starts.iter().copied().enumerate() {
             let path = dir.join(segment::file_name(start));
             let is_last = i + 1 == starts.len();
@@ -75,7 +154,7 @@ impl WalStore {
                     path.display()
                 )));
             }
-            let scan = segment::scan(&path, start, starts.get(i + 1).copied())?;
+            let scan = segment::scan(&path, start, starts.get(i + 1).copied(), watermark)?;
             let entry = scan.entry;
             report
                 .corrupt
@@ -113,13 +192,22 @@ impl WalStore {
             }
             None => None,
         };
+        if let Some(end) = index.end_lsn() {
+            write_watermark(&watermark_file, end)?;
+        }
         let store = Self {
             dir: dir.to_path_buf(),
             segment_size,
             synced_end: index.end_lsn(),
             index: Arc::new(RwLock::new(index)),
             tail,
-            syncs: Arc::new(AtomicU64::new(0)),
+            sync_state: Arc::new(SyncState {
+                watermark: watermark_file,
+                in_flight: AtomicBool::new(false),
+                syncs: AtomicU64::new(0),
+                #[cfg(test)]
+                hook: std::sync::Mutex::new(None),
+            }),
         };
         Ok((store, report))
     }
@@ -142,19 +230,32 @@ impl WalStore {
 
     /// Successful WAL fdatasyncs so far.
     pub fn syncs(&self) -> u64 {
-        self.syncs.load(Ordering::Relaxed)
+        self.sync_state.syncs.load(Ordering::Relaxed)
+    }
+
+    /// Runs `hook` inside every fdatasync from now on.
+    #[cfg(test)]
+    pub fn set_sync_hook(&self, hook: Arc<dyn Fn() + Send + Sync>) {
+        *self.sync_state.hook.lock().unwrap() = Some(hook);
+    }
+
+    /// Whether the next append starts a new segment, which needs everything written so far
+    /// synced first (and no fdatasync in progress).
+    pub fn needs_new_segment(&self) -> bool {
+        self.tail.is_none()
+            || self
+                .index
+                .read()
+                .expect("index lock")
+                .last()
+                .is_none_or(|s| s.file_len >= self.segment_size)
     }
 
     /// Writes one record at `start_lsn`, which the caller has checked continues the WAL. Not
-    /// durable until synced ([`sync`](Self::sync) or a [`SyncTarget`]).
+    /// durable until synced (a [`SyncTarget`]). If it starts a new segment
+    /// ([`needs_new_segment`](Self::needs_new_segment)), the WAL written so far must be synced.
     pub fn append(&mut self, start_lsn: u64, data: &[u8]) -> io::Result<()> {
-        let tail_full = self
-            .index
-            .read()
-            .expect("index lock")
-            .last()
-            .is_none_or(|s| s.file_len >= self.segment_size);
-        if self.tail.is_none() || tail_full {
+        if self.needs_new_segment() {
             self.start_segment(start_lsn)?;
         }
         let header = segment::encode_header(start_lsn, data);
@@ -166,8 +267,13 @@ impl WalStore {
     }
 
     fn start_segment(&mut self, start_lsn: u64) -> io::Result<()> {
-        // The sealed segment must be durable before anything lands in its successor.
-        self.sync()?;
+        // The sealed segment must be durable before anything lands in its successor; the writer
+        // syncs it first (through its one sync path, which also keeps the accounting).
+        if self.sync_target().is_some() {
+            return Err(io::Error::other(
+                "internal error: a new segment would start before the previous one is synced",
+            ));
+        }
         let path = self.dir.join(segment::file_name(start_lsn));
         let file = OpenOptions::new().append(true).create_new(true).open(&path)?;
         sync_dir(&self.dir)?;
@@ -188,7 +294,7 @@ impl WalStore {
         Some(SyncTarget {
             file: self.tail.clone().expect("written WAL has a tail segment"),
             end,
-            syncs: self.syncs.clone(),
+            state: self.sync_state.clone(),
         })
     }
 
@@ -197,14 +303,14 @@ impl WalStore {
         self.synced_end = self.synced_end.max(Some(end));
     }
 
-    /// Makes everything written so far durable (one `fdatasync`); tells whether one was needed.
-    pub fn sync(&mut self) -> io::Result<bool> {
-        let Some(target) = self.sync_target() else {
-            return Ok(false);
-        };
-        target.sync()?;
-        self.mark_synced(target.end);
-        Ok(true)
+    /// Syncs everything written (tests: the writer syncs through its own accounting).
+    #[cfg(test)]
+    pub fn sync(&mut self) -> io::Result<()> {
+        if let Some(target) = self.sync_target() {
+            target.sync().0?;
+            self.mark_synced(target.end);
+        }
+        Ok(())
     }
 
     /// Deletes the segments wholly below `lsn` (never the tail); returns the bytes freed.
@@ -222,12 +328,16 @@ impl WalStore {
     }
 }
 
-/// Why a read was refused: it overlaps WAL found corrupt when the store was opened.
+/// Why a read was refused: it overlaps WAL known corrupt (found when the store was opened, or by
+/// an earlier read's CRC check, or by this one: `newly_found`).
 #[derive(Debug, thiserror::Error)]
-#[error("WAL [{from}, {to}) is corrupt on disk (found when walsync started)")]
-pub struct KnownCorrupt {
+#[error("WAL [{from}, {to}) is corrupt on disk{}", if *.newly_found { "" } else { " (found earlier)" })]
+pub struct CorruptWal {
     pub from: u64,
     pub to: u64,
+    pub newly_found: bool,
+    /// What the check that found it saw (if it was this read).
+    pub detail: Option<String>,
 }
 
 /// The reader side, shared with request handlers.
@@ -263,10 +373,13 @@ impl WalReader {
         let pieces = {
             let index = self.index.read().expect("index lock");
             if let Some((from, to)) = index.corrupt_in(from, to) {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    KnownCorrupt { from, to },
-                ));
+                let known = CorruptWal {
+                    from,
+                    to,
+                    newly_found: false,
+                    detail: None,
+                };
+                return Err(io::Error::new(io::ErrorKind::InvalidData, known));
             }
             index.plan_read(from, to)
         };
@@ -280,9 +393,40 @@ impl WalReader {
         }
         let mut out = Vec::with_capacity((to - from) as usize);
         for piece in pieces {
-            segment::read_range(&piece.path, piece.mark, piece.from, piece.to, &mut out)?;
+            let read = segment::read_range(&piece.path, piece.mark, piece.from, piece.to, &mut out);
+            if let Err(e) = read {
+                return Err(self.note_bad_record(e, piece.mark.lsn));
+            }
         }
         Ok(out)
+    }
+
+    /// A read failed its check: the bad record is recorded as corrupt, so it is refused (and
+    /// reported) once, not found again by every read.
+    fn note_bad_record(&self, e: io::Error, mark_lsn: u64) -> io::Error {
+        let Some(bad) = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<segment::BadRecord>())
+        else {
+            return e;
+        };
+        let marked = self
+            .index
+            .write()
+            .expect("index lock")
+            .mark_corrupt(bad.lsn, bad.end, mark_lsn);
+        match marked {
+            Some((from, to, newly_found)) => {
+                let corrupt = CorruptWal {
+                    from,
+                    to,
+                    newly_found,
+                    detail: Some(bad.to_string()),
+                };
+                io::Error::new(io::ErrorKind::InvalidData, corrupt)
+            }
+            None => e,
+        }
     }
 }
 
@@ -308,6 +452,14 @@ fn invalid(message: String) -> io::Error {
 mod tests {
     use super::*;
 
+    /// Appends as the writer does: the WAL is synced before a new segment starts.
+    fn append(store: &mut WalStore, lsn: u64, data: &[u8]) -> io::Result<()> {
+        if store.needs_new_segment() {
+            store.sync()?;
+        }
+        store.append(lsn, data)
+    }
+
     #[test]
     fn appends_roll_segments_and_survive_reopen_with_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
@@ -316,7 +468,7 @@ mod tests {
         let mut lsn = 5000;
         for i in 0..20u8 {
             let chunk = vec![i; 30];
-            store.append(lsn, &chunk).unwrap();
+            append(&mut store, lsn, &chunk).unwrap();
             expected.extend_from_slice(&chunk);
             lsn += 30;
         }
@@ -330,14 +482,56 @@ mod tests {
         let tail = fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "seg"))
             .max()
             .unwrap();
         let mut f = OpenOptions::new().append(true).open(&tail).unwrap();
         f.write_all(&segment::encode_header(lsn, b"lost")[..12]).unwrap();
         let (store, report) = WalStore::open(dir.path(), 100).unwrap();
+        assert_eq!(
+            report.watermark,
+            Some(lsn),
+            "every fdatasync recorded how far it reached"
+        );
         assert_eq!(report.torn_tail.unwrap().0, tail);
         assert_eq!(store.reader().bounds(), Some((5000, lsn)));
         assert_eq!(store.reader().read(5000, lsn).unwrap(), expected);
+    }
+
+    #[test]
+    fn a_rotted_synced_last_record_is_kept_as_corruption_an_unsynced_one_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = WalStore::open(dir.path(), 1000).unwrap();
+        append(&mut store, 0, &[1; 20]).unwrap();
+        append(&mut store, 20, &[2; 20]).unwrap();
+        store.sync().unwrap();
+        drop(store);
+        let path = dir.path().join(segment::file_name(0));
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[36 + 16 + 5] ^= 0x20;
+        fs::write(&path, &bytes).unwrap();
+        // Synced (the watermark says so): acknowledged WAL, reported, kept.
+        let (mut store, report) = WalStore::open(dir.path(), 1000).unwrap();
+        assert!(report.torn_tail.is_none(), "{report:?}");
+        let ranges: Vec<_> = report
+            .corrupt
+            .iter()
+            .map(|(_, c)| (c.from_lsn, c.to_lsn))
+            .collect();
+        assert_eq!(ranges, vec![(20, 40)]);
+        assert_eq!(store.synced_end(), Some(40));
+        assert_eq!(fs::metadata(&path).unwrap().len(), bytes.len() as u64);
+        // Written after it and never synced, then rotted: past the watermark, cut.
+        append(&mut store, 40, &[3; 20]).unwrap();
+        drop(store);
+        let mut bytes = fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x20;
+        fs::write(&path, &bytes).unwrap();
+        let (store, report) = WalStore::open(dir.path(), 1000).unwrap();
+        assert_eq!(report.torn_tail.unwrap().1.offset, 72);
+        assert_eq!(store.reader().bounds(), Some((0, 40)));
+        assert_eq!(store.reader().read(0, 20).unwrap(), vec![1; 20]);
     }
 
     #[test]
@@ -346,7 +540,7 @@ mod tests {
         let (mut store, _) = WalStore::open(dir.path(), 100).unwrap();
         // Segments of 3 records each: [0, 60), [60, 120).
         for i in 0..6u64 {
-            store.append(i * 20, &[i as u8; 20]).unwrap();
+            append(&mut store, i * 20, &[i as u8; 20]).unwrap();
         }
         store.sync().unwrap();
         drop(store);
@@ -375,13 +569,13 @@ mod tests {
         for (from, to) in [(30, 50), (85, 86), (0, 120)] {
             let err = reader.read(from, to).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidData);
-            assert!(err.get_ref().unwrap().is::<KnownCorrupt>());
+            assert!(err.get_ref().unwrap().is::<CorruptWal>());
         }
         assert_eq!(reader.read(0, 40).unwrap(), [[0; 20], [1; 20]].concat());
         assert_eq!(reader.read(60, 80).unwrap(), vec![3; 20]);
         assert_eq!(reader.read(100, 120).unwrap(), vec![5; 20]);
         // Appends go on after the last valid record.
-        store.append(120, &[6; 20]).unwrap();
+        append(&mut store, 120, &[6; 20]).unwrap();
         store.sync().unwrap();
         assert_eq!(reader.read(100, 140).unwrap(), [[5; 20], [6; 20]].concat());
     }
@@ -390,8 +584,8 @@ mod tests {
     fn a_sealed_segment_running_past_the_next_one_refuses_to_open() {
         let dir = tempfile::tempdir().unwrap();
         let (mut store, _) = WalStore::open(dir.path(), 10).unwrap();
-        store.append(0, &[1; 20]).unwrap();
-        store.append(20, &[2; 20]).unwrap();
+        append(&mut store, 0, &[1; 20]).unwrap();
+        append(&mut store, 20, &[2; 20]).unwrap();
         store.sync().unwrap();
         drop(store);
         // The second segment claims to start inside the first one's WAL.
@@ -406,7 +600,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut store, _) = WalStore::open(dir.path(), 10).unwrap();
         for i in 0..5u64 {
-            store.append(i * 20, &[i as u8; 20]).unwrap();
+            append(&mut store, i * 20, &[i as u8; 20]).unwrap();
         }
         store.sync().unwrap();
         assert_eq!(store.remove_before(50).unwrap(), 72);

@@ -2,15 +2,15 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ibd_api::walsync::{Checkpoint, CheckpointRecord, Geometry, GeometryRecord, TermResponse};
 
-use super::{check_term, State};
+use super::State;
 use crate::error::WalError;
 use crate::metrics::{Metrics, ReasonLabel, TimelineLabel};
 use crate::storage::checkpoints::CheckpointLog;
-use crate::storage::wal::{WalReader, WalStore};
+use crate::storage::wal::{SyncTarget, WalReader, WalStore};
 
 /// Largest writer term a timeline grants (see `acquire_term`).
 pub const MAX_TERM: u64 = i64::MAX as u64;
@@ -86,37 +86,51 @@ impl Writer {
             .inc();
     }
 
-    /// Records an fdatasync that made the WAL durable up to `end`, and publishes it.
-    pub(super) fn synced(&mut self, end: u64, batch: usize, took: Duration) {
+    /// The fdatasync to run next, if anything written is not durable, and the appends it makes
+    /// durable. The caller runs it ([`SyncTarget::sync`], with or without the lock; never while
+    /// another is in progress) and reports it with [`synced`](Self::synced).
+    pub(super) fn sync_target(&mut self) -> Option<(SyncTarget, usize)> {
+        let target = self.wal.sync_target()?;
+        Some((target, std::mem::take(&mut self.unsynced_appends)))
+    }
+
+    /// Records an fdatasync of `target` that ended: its latency and batch, then, if it succeeded
+    /// and the timeline has not failed meanwhile, the new durable LSN (published). A failed one
+    /// fails the timeline. The one place syncs are accounted.
+    pub(super) fn synced(
+        &mut self,
+        target: &SyncTarget,
+        batch: usize,
+        result: std::io::Result<()>,
+        took: Duration,
+    ) -> Result<(), WalError> {
+        self.persist(result)?;
         self.metrics.fsync_latency.observe(took.as_secs_f64());
         self.metrics.fsync_batch_appends.observe(batch as f64);
-        self.wal.mark_synced(end);
+        if let Some(failure) = self.failure() {
+            return Err(WalError::Failed(failure));
+        }
+        self.wal.mark_synced(target.end);
         self.publish_durable();
+        Ok(())
     }
 
     /// Makes everything written durable with the lock held (no fdatasync may be in progress).
     pub(super) fn sync_in_lock(&mut self) -> Result<(), WalError> {
+        debug_assert!(!self.syncing, "an fdatasync is in progress");
         if let Some(failure) = self.failure() {
             return Err(WalError::Failed(failure));
         }
-        let Some(target) = self.wal.sync_target() else {
+        let Some((target, batch)) = self.sync_target() else {
             return Ok(());
         };
-        let started = Instant::now();
-        let synced = target.sync();
-        self.persist(synced)?;
-        let batch = std::mem::take(&mut self.unsynced_appends);
-        self.synced(target.end, batch, started.elapsed());
-        Ok(())
+        let (result, took) = target.sync();
+        self.synced(&target, batch, result, took)
     }
 
     fn publish_durable(&self) {
         self.state.write().expect("state lock").durable_lsn = self.durable();
         self.publish_gauges();
-    }
-
-    pub(super) fn check_term(&self, given: u64) -> Result<(), WalError> {
-        check_term(&self.state.read().expect("state lock"), given)
     }
 
     /// Writes the part of `data` not yet stored, after checking the rest matches what is; returns
@@ -156,7 +170,7 @@ impl Writer {
         let stored = self
             .reader
             .read(start_lsn, overlap_end)
-            .map_err(|e| super::read_error(e, &self.label.timeline, &self.metrics))?;
+            .map_err(|e| super::read_error(e, &self.label.timeline, &self.reader, &self.metrics))?;
         let sent = &data[..(overlap_end - start_lsn) as usize];
         if let Some(i) = stored.iter().zip(sent).position(|(a, b)| a != b) {
             return Err(WalError::OverlapMismatch {
@@ -172,13 +186,13 @@ impl Writer {
     }
 
     fn write_new(&mut self, start_lsn: u64, data: &[u8]) -> Result<(), WalError> {
-        let synced_before = self.wal.synced_end();
+        if self.wal.needs_new_segment() {
+            // The segment being sealed must be durable before anything lands in the next one
+            // (the caller waited for any fdatasync in progress to end).
+            self.sync_in_lock()?;
+        }
         self.wal.append(start_lsn, data).map_err(|e| self.fail(e))?;
         self.metrics.appended_bytes.inc_by(data.len() as u64);
-        if self.wal.synced_end() != synced_before {
-            // Starting a segment synced the one before it.
-            self.publish_durable();
-        }
         Ok(())
     }
 

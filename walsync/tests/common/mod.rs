@@ -105,3 +105,14 @@ pub fn byte_at(seed: u64, lsn: u64) -> u8 {
 pub fn chunk(seed: u64, start: u64, len: usize) -> Vec<u8> {
     (start..start + len as u64).map(|l| byte_at(seed, l)).collect()
 }
+
+/// The `/metrics` text of the walsync at `url`.
+pub async fn scrape(url: &str) -> String {
+    let http = ibd_api::HttpClient::new(url, RetryPolicy::none()).unwrap();
+    String::from_utf8(http.get_bytes("/metrics").await.unwrap().body.to_vec()).unwrap()
+}
+
+/// The value of `series` in `/metrics` text (see `walsync::metrics::sample`); panics if absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    walsync::metrics::sample(text, series).unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+}
