@@ -1,124 +1,111 @@
-//! Probe overhead: fio 16 KiB O_DIRECT random reads (psync) on a bindfs mount, alternately
-//! with the probes off and on (all sources, syscall filter on fio's pid), same file, same run.
+//! Probe overhead: fio 16 KiB O_DIRECT random reads (psync, one job) on a bindfs mount, with
+//! the probes (all sources, syscall filter on fio's pid) alternately off and on in
+//! back-to-back windows of the same fio run.
 //!
-//! Reports per mode the median IOPS and the median CPU time per read (fio + the bindfs
-//! daemon, which runs the FUSE probes). On a shared machine IOPS swing with other load, so
-//! each off/on pair runs back to back and the medians of the per-pair ratios are reported
-//! too, and, independent of that noise, the probes' own run time on a read's path (kernel
-//! BPF run-time statistics) as a share of the CPU time of an unprobed read. Writes
-//! `target/bench-results/ebpf-overhead.json`.
+//! The machine is shared: other builds and tests change the cost of a read by 2-5x within
+//! seconds. Starting a new fio per mode (as an earlier version of this bench did) put seconds
+//! between the modes compared, and fio's own start-up into each sample. Here one fio runs
+//! throughout; each window loads (or not) the probes, waits for things to settle and then
+//! counts fio's reads (`/proc/<fio>/io` syscr) and the CPU time of fio plus the bindfs daemon
+//! (`/proc/<pid>/task/*/schedstat`, ns). Windows come in off/on pairs in alternating order
+//! (off-on, on-off, ...), and the reported loss is the median over pairs of 1 - IOPS(on)/IOPS(off).
 //!
-//! `cargo bench -p ebpf-probes` (root). EBPF_BENCH_ITERATIONS (default 10) and
-//! EBPF_BENCH_SECONDS (default 3) size the run.
+//! BPF run-time statistics (`BPF_ENABLE_STATS`) cost time themselves, so they are only enabled
+//! in extra windows after the measured pairs; those give the probes' own run time per read.
+//! Writes `target/bench-results/ebpf-overhead.json`.
+//!
+//! `cargo bench -p ebpf-probes` (root). EBPF_BENCH_ITERATIONS pairs (default 10) of windows of
+//! EBPF_BENCH_SECONDS (default 3; fractions allowed, e.g. 0.5 for many short pairs).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use aya::sys::{enable_stats, Stats};
 
-use ebpf_probes::{PidSource, ProbeConfig, ProgramStats, Source};
+use ebpf_probes::{KernelLatency, PidSource, ProbeConfig, ProgramStats, Source};
 use support::{load_probes, prerequisites, BindfsMount, ChildGuard};
 
 const FILE_SIZE_MIB: usize = 256;
+/// Between switching the probes and measuring: lets fio and the daemon run into the new mode.
+const SETTLE: Duration = Duration::from_millis(300);
+/// Windows with BPF run-time statistics enabled, after the measured pairs.
+const STATS_WINDOWS: u32 = 3;
 
-fn env_or(name: &str, default: u32) -> u32 {
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
 
-/// User + system CPU seconds of a process so far.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-}
-
-struct FioRun {
-    iops: f64,
-    cpu_us_per_read: f64,
-}
-
-/// Runs fio; `on_spawn` gets its pid before any I/O is issued (fio first sets up the job).
-fn run_fio(file: &Path, seconds: u32, daemon_pid: u32, on_spawn: impl FnOnce(u32)) -> FioRun {
-    let daemon_cpu_before = cpu_seconds(daemon_pid);
-    let child = Command::new("fio")
-        .args([
-            "--name=randread",
-            "--rw=randread",
-            "--bs=16k",
-            "--direct=1",
-            "--ioengine=psync",
-        ])
-        .args([
-            "--thread",
-            "--numjobs=1",
-            "--time_based",
-            "--invalidate=0",
-            "--output-format=json",
-        ])
-        .arg(format!("--size={FILE_SIZE_MIB}M"))
-        .arg(format!("--runtime={seconds}"))
-        .arg(format!("--filename={}", file.display()))
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("run fio");
-    let mut child = ChildGuard(child);
-    on_spawn(child.0.id());
-    let mut stdout = String::new();
-    child
-        .0
-        .stdout
-        .as_mut()
+/// On-CPU nanoseconds of all threads of a process (first field of each thread's schedstat).
+fn cpu_ns(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
-        .read_to_string(&mut stdout)
-        .unwrap();
-    assert!(child.0.wait().unwrap().success(), "fio failed");
-    let daemon_cpu = cpu_seconds(daemon_pid) - daemon_cpu_before;
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
 
-    let report: serde_json::Value = serde_json::from_str(&stdout).expect("fio JSON");
-    let job = &report["jobs"][0];
-    let number = |value: &serde_json::Value| value.as_f64().unwrap_or_else(|| panic!("fio JSON: {job}"));
-    let fio_cpu =
-        (number(&job["usr_cpu"]) + number(&job["sys_cpu"])) / 100.0 * number(&job["job_runtime"]) / 1e3;
-    FioRun {
-        iops: number(&job["read"]["iops"]),
-        cpu_us_per_read: (fio_cpu + daemon_cpu) / number(&job["read"]["total_ios"]) * 1e6,
+/// Read- and write-type syscalls of a process so far (`syscr`, `syscw` in /proc/<pid>/io).
+fn syscalls(pid: u32) -> (u64, u64) {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    let field = |name: &str| {
+        io.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/io"))
+    };
+    (field("syscr:"), field("syscw:"))
+}
+
+#[derive(Clone, Copy)]
+struct Counters {
+    at: Instant,
+    fio_reads: u64,
+    /// Read- and write-type syscalls of fio and the daemon: about the syscalls a read costs.
+    io_syscalls: u64,
+    cpu_ns: u64,
+}
+
+fn counters(fio: u32, daemon: u32) -> Counters {
+    let (fio_r, fio_w) = syscalls(fio);
+    let (daemon_r, daemon_w) = syscalls(daemon);
+    Counters {
+        at: Instant::now(),
+        // psync: one pread64 per read; fio's main thread reads nothing with --disk_util=0.
+        fio_reads: fio_r,
+        io_syscalls: fio_r + fio_w + daemon_r + daemon_w,
+        cpu_ns: cpu_ns(fio) + cpu_ns(daemon),
     }
 }
 
-/// Programs one fio read runs, and how often: FUSE send and end once, syscall enter and
-/// exit twice (fio's traced pread64 and the daemon's untraced one).
-const READ_PATH: [(&str, f64); 4] = [
-    ("fuse_request_send", 1.0),
-    ("fuse_request_end", 1.0),
-    ("syscall_enter", 2.0),
-    ("syscall_exit", 2.0),
-];
+struct Window {
+    iops: f64,
+    cpu_us_per_read: f64,
+    reads: u64,
+    io_syscalls_per_read: f64,
+}
 
-/// BPF time of one read from the programs' mean run times. Dividing their total time by the
-/// reads would also charge other processes' syscalls, FUSE and io_uring requests (the probes
-/// see the whole machine, and filter) to fio.
-fn read_path_bpf_ns(stats: &[ProgramStats]) -> f64 {
-    READ_PATH
-        .iter()
-        .map(|(name, runs)| {
-            let program = stats
-                .iter()
-                .find(|p| p.name == *name)
-                .expect("read path program loaded");
-            runs * program.run_time.as_nanos() as f64 / program.run_count.max(1) as f64
-        })
-        .sum()
+fn measure(fio: u32, daemon: u32, seconds: f64) -> Window {
+    std::thread::sleep(SETTLE);
+    let start = counters(fio, daemon);
+    std::thread::sleep(Duration::from_secs_f64(seconds));
+    let end = counters(fio, daemon);
+    let reads = end.fio_reads - start.fio_reads;
+    assert!(reads > 0, "fio made no progress");
+    Window {
+        iops: reads as f64 / (end.at - start.at).as_secs_f64(),
+        cpu_us_per_read: (end.cpu_ns - start.cpu_ns) as f64 / reads as f64 / 1e3,
+        reads,
+        io_syscalls_per_read: (end.io_syscalls - start.io_syscalls) as f64 / reads as f64,
+    }
 }
 
 fn median(values: impl IntoIterator<Item = f64>) -> f64 {
@@ -132,36 +119,81 @@ fn median(values: impl IntoIterator<Item = f64>) -> f64 {
     }
 }
 
+fn run_stats(stats: &[ProgramStats], name: &str) -> (u64, Duration) {
+    stats
+        .iter()
+        .find(|p| p.name == name)
+        .map_or((0, Duration::ZERO), |p| (p.run_count, p.run_time))
+}
+
+/// The probes' own run time per fio read: mean run time of each program times how often it
+/// runs per read. FUSE send and end run once per read. The syscall programs run on every
+/// syscall of the machine; a read's share is fio's pread64 plus the daemon's syscalls for it,
+/// estimated by fio's and the daemon's read/write-type syscalls per read (fio's pread64, the
+/// daemon's read of /dev/fuse, its pread64 and its writev of the reply). Dividing the
+/// programs' total time by the reads would instead charge every other process's syscalls to fio.
+fn bpf_ns_per_read(
+    before: &[ProgramStats],
+    after: &[ProgramStats],
+    io_syscalls_per_read: f64,
+) -> Vec<(String, f64, f64)> {
+    [
+        ("fuse_request_send", 1.0),
+        ("fuse_request_end", 1.0),
+        ("sys_enter", io_syscalls_per_read),
+        ("sys_exit", io_syscalls_per_read),
+    ]
+    .into_iter()
+    .map(|(name, runs_per_read)| {
+        let (count0, time0) = run_stats(before, name);
+        let (count1, time1) = run_stats(after, name);
+        let mean_ns = (time1 - time0).as_nanos() as f64 / (count1 - count0).max(1) as f64;
+        (name.to_owned(), mean_ns, mean_ns * runs_per_read)
+    })
+    .collect()
+}
+
 fn main() {
     if !prerequisites(&["bindfs", "fusermount3", "fio"]) {
         return;
     }
-    let iterations = env_or("EBPF_BENCH_ITERATIONS", 10);
-    let seconds = env_or("EBPF_BENCH_SECONDS", 3);
+    let iterations: u32 = env_or("EBPF_BENCH_ITERATIONS", 10);
+    let seconds: f64 = env_or("EBPF_BENCH_SECONDS", 3.0);
     let dir = tempfile::tempdir().unwrap();
     let mount = BindfsMount::new(dir.path());
-    let daemon_pid = mount.daemon_pid();
-    // Written in the backing dir so both modes read the same, already cached, file.
+    let daemon = mount.daemon_pid();
+    // Written in the backing dir so the reads are served from the page cache under bindfs.
     let mut file = File::create(mount.source.join("data")).unwrap();
     let chunk = vec![0x5au8; 1 << 20];
     for _ in 0..FILE_SIZE_MIB {
         file.write_all(&chunk).unwrap();
     }
     file.sync_all().unwrap();
-    let data = mount.mount.join("data");
-    let pid_file = dir.path().join("fio.pid");
 
-    // One fio run with the probes loaded and fio's pid traced; the probes' own run time is
-    // only accounted (BPF_ENABLE_STATS, which costs time itself) when `measure_bpf` is set.
-    let probed_run = |measure_bpf: bool| {
-        let config = ProbeConfig::new(&mount.mount, PidSource::PidFile(pid_file.clone())).instance("bench");
-        let mut probes = load_probes(config)?;
-        let stats = measure_bpf.then(|| enable_stats(Stats::RunTime).expect("BPF_ENABLE_STATS"));
-        let run = run_fio(&data, seconds, daemon_pid, |pid| {
-            std::fs::write(&pid_file, pid.to_string()).unwrap();
-            probes.follow_pid().unwrap();
-        });
-        drop(stats);
+    // Long enough for all windows plus probe loading; killed when done.
+    let runtime = f64::from(2 * iterations + STATS_WINDOWS) * (seconds + 2.0) + 60.0;
+    let fio = ChildGuard(
+        Command::new("fio")
+            .args(["--name=randread", "--rw=randread", "--bs=16k", "--direct=1"])
+            .args(["--ioengine=psync", "--thread", "--numjobs=1", "--time_based"])
+            .args(["--invalidate=0", "--disk_util=0"])
+            .arg(format!("--size={FILE_SIZE_MIB}M"))
+            .arg(format!("--runtime={}", runtime.ceil()))
+            .arg(format!("--filename={}", mount.mount.join("data").display()))
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("run fio"),
+    );
+    let fio_pid = fio.0.id();
+    support::wait_for("fio to start reading", Duration::from_secs(30), || {
+        syscalls(fio_pid).0 > 1000
+    });
+
+    let load = || -> Option<KernelLatency> {
+        let config = ProbeConfig::new(&mount.mount, PidSource::Pid(fio_pid)).instance("bench");
+        load_probes(config)
+    };
+    let check_traced = |probes: &KernelLatency| {
         let snapshot = probes.snapshot().unwrap();
         let count = |source, op| snapshot.get(source, op).map_or(0, |h| h.count);
         assert!(
@@ -172,42 +204,72 @@ fn main() {
             count(Source::Fuse, "read") > 0,
             "fio's FUSE reads were not traced"
         );
-        Some((run, read_path_bpf_ns(&probes.program_stats().unwrap())))
     };
 
     let (mut off, mut on) = (Vec::new(), Vec::new());
     for iteration in 0..iterations {
         // Alternate which mode goes first so drift on the shared machine hits both alike.
-        for probes_on in if iteration % 2 == 0 {
+        let order = if iteration % 2 == 0 {
             [false, true]
         } else {
             [true, false]
-        } {
+        };
+        for probes_on in order {
             if probes_on {
-                let Some((run, _)) = probed_run(false) else { return };
-                on.push(run);
+                let Some(probes) = load() else { return };
+                on.push(measure(fio_pid, daemon, seconds));
+                check_traced(&probes);
             } else {
-                off.push(run_fio(&data, seconds, daemon_pid, |_| {}));
+                off.push(measure(fio_pid, daemon, seconds));
             }
         }
         let (off, on) = (off.last().unwrap(), on.last().unwrap());
         println!(
-            "iteration {iteration}: off {:.0} IOPS {:.2} CPU-us/read, on {:.0} IOPS {:.2} CPU-us/read",
-            off.iops, off.cpu_us_per_read, on.iops, on.cpu_us_per_read
+            "pair {iteration}: off {:.0} IOPS {:.2} CPU-us/read, on {:.0} IOPS {:.2} CPU-us/read, IOPS ratio {:.4}",
+            off.iops,
+            off.cpu_us_per_read,
+            on.iops,
+            on.cpu_us_per_read,
+            on.iops / off.iops
         );
     }
-    let Some((_, bpf_ns)) = probed_run(true) else {
-        return;
-    };
 
-    let iops = |runs: &[FioRun]| median(runs.iter().map(|r| r.iops));
-    let cpu = |runs: &[FioRun]| median(runs.iter().map(|r| r.cpu_us_per_read));
-    let iops_ratio = median(on.iter().zip(&off).map(|(on, off)| on.iops / off.iops));
-    let cpu_ratio = median(
-        on.iter()
-            .zip(&off)
-            .map(|(on, off)| on.cpu_us_per_read / off.cpu_us_per_read),
-    );
+    // The probes' own cost, with run-time statistics on (not in the windows compared above).
+    let Some(probes) = load() else { return };
+    let stats_fd = enable_stats(Stats::RunTime).expect("BPF_ENABLE_STATS");
+    let mut per_program: Vec<(String, f64, f64)> = Vec::new();
+    for _ in 0..STATS_WINDOWS {
+        let before = probes.program_stats().unwrap();
+        let window = measure(fio_pid, daemon, seconds);
+        let after = probes.program_stats().unwrap();
+        let costs = bpf_ns_per_read(&before, &after, window.io_syscalls_per_read);
+        println!(
+            "stats window: {} reads, {:.2} read/write syscalls of fio + daemon per read; BPF ns per read: {}",
+            window.reads,
+            window.io_syscalls_per_read,
+            costs
+                .iter()
+                .map(|(name, mean, per_read)| format!("{name} {mean:.0} ns/run -> {per_read:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        per_program.extend(costs);
+    }
+    drop(stats_fd);
+    check_traced(&probes);
+    drop(probes);
+    drop(fio);
+
+    let iops = |runs: &[Window]| median(runs.iter().map(|r| r.iops));
+    let cpu = |runs: &[Window]| median(runs.iter().map(|r| r.cpu_us_per_read));
+    let iops_ratios: Vec<f64> = on.iter().zip(&off).map(|(on, off)| on.iops / off.iops).collect();
+    let cpu_ratios: Vec<f64> = on
+        .iter()
+        .zip(&off)
+        .map(|(on, off)| on.cpu_us_per_read / off.cpu_us_per_read)
+        .collect();
+    let iops_ratio = median(iops_ratios.iter().copied());
+    let cpu_ratio = median(cpu_ratios.iter().copied());
     let iops_loss_percent = (1.0 - iops_ratio) * 100.0;
     println!(
         "median IOPS: off {:.0}, on {:.0}; median pair ratio on/off {iops_ratio:.4} = IOPS loss {iops_loss_percent:.2} % (target < 3 %)",
@@ -219,16 +281,30 @@ fn main() {
         cpu(&off),
         cpu(&on)
     );
-    // Noise-free estimate: the probes' own run time per read against the unprobed CPU cost.
+    // Per program: median over the stats windows of its cost per read, then summed.
+    let names: Vec<String> = per_program.iter().map(|(n, _, _)| n.clone()).take(4).collect();
+    let bpf_ns: f64 = names
+        .iter()
+        .map(|name| {
+            median(
+                per_program
+                    .iter()
+                    .filter(|(n, _, _)| n == name)
+                    .map(|(_, _, c)| *c),
+            )
+        })
+        .sum();
     let bpf_cost_percent = bpf_ns / (cpu(&off) * 1e3) * 100.0;
     println!(
         "BPF run time on a read's path: {bpf_ns:.0} ns = {bpf_cost_percent:.2} % of the CPU time of an unprobed read"
     );
     let results = serde_json::json!({
-        "workload": format!("fio randread bs=16k direct=1 psync numjobs=1 {seconds}s on bindfs, {FILE_SIZE_MIB} MiB file"),
+        "workload": format!("fio randread bs=16k direct=1 psync numjobs=1 on bindfs, {FILE_SIZE_MIB} MiB file; {iterations} off/on pairs of {seconds} s windows in one fio run"),
         "iterations": iterations,
+        "window_seconds": seconds,
         "iops_off": off.iter().map(|r| r.iops).collect::<Vec<_>>(),
         "iops_on": on.iter().map(|r| r.iops).collect::<Vec<_>>(),
+        "pair_iops_ratios": iops_ratios,
         "cpu_us_per_read_off": off.iter().map(|r| r.cpu_us_per_read).collect::<Vec<_>>(),
         "cpu_us_per_read_on": on.iter().map(|r| r.cpu_us_per_read).collect::<Vec<_>>(),
         "median_iops_off": iops(&off),

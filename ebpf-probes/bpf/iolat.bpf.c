@@ -3,11 +3,11 @@
 // Kernel-side I/O latency for one FUSE mount and for the mariadbd process on top of it.
 //
 // Three sources, each a start/end pair keyed by what identifies one request:
-//   FUSE     tp_btf fuse_request_send -> fuse_request_end, key request pointer, filtered by device
-//   syscall  sys_enter_* -> sys_exit_* of the file syscalls, per-thread storage, filtered by tgid
+//   FUSE     tp_btf fuse_request_send -> fuse_request_end, slot by request id, filtered by device
+//   syscall  tp_btf sys_enter -> sys_exit, per-thread storage, filtered by tgid, then syscall number
 //   io_uring tp_btf io_uring_submit_req -> io_uring_complete, key request pointer, filtered by tgid
 // Every finished request adds one sample to the log2 histogram and to the exact count/sum of
-// its operation, one per-CPU map value, so the hot path does one lookup and takes no lock.
+// its operation, one per-CPU array value, so the hot path does no hashing and takes no lock.
 //
 // No vmlinux.h: kernel structs are minimal CO-RE shadows that aya relocates against the
 // running kernel's BTF, so only the fields named here must exist. tp_btf arguments are
@@ -26,11 +26,14 @@ char LICENSE[] SEC("license") = "GPL";
 #define SOURCE_IO_URING 2
 
 #define SLOTS 64
-
-struct op_key {
-	__u32 source;
-	__u32 op; // FUSE opcode, syscall number or io_uring opcode
-};
+// `latency` index = source * OPS_PER_SOURCE + op. Must match src/loader.rs.
+#define SOURCES 3
+#define OPS_PER_SOURCE 64
+// Size of cfg_syscall_op: syscall numbers are below this on every architecture we build for.
+#define MAX_SYSCALL_NR 1024
+// Slots of fuse_start, a power of two: more than the FUSE requests one connection can have in
+// flight (max_background plus one per blocked thread), so consecutive ids never collide.
+#define FUSE_INFLIGHT_SLOTS 4096
 
 struct op_latency {
 	__u64 count;
@@ -39,6 +42,13 @@ struct op_latency {
 };
 
 struct inflight {
+	__u64 start_ns;
+	__u32 op;
+	__u32 pad;
+};
+
+struct fuse_inflight {
+	__u64 req; // struct fuse_req *, 0 = free
 	__u64 start_ns;
 	__u32 op;
 	__u32 pad;
@@ -62,33 +72,34 @@ struct {
 	__type(value, __u32); // kernel dev_t of the FUSE connection (fuse_conn->dev), from st_dev
 } cfg_fuse_dev SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_SYSCALL_NR);
+	__type(key, __u32);   // syscall number
+	__type(value, __u32); // 0 = not traced, else op + 1 (the index in TRACED_SYSCALLS + 1)
+} cfg_syscall_op SEC(".maps");
+
 // --- results ---
 
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, 256); // preallocated per CPU; 3 sources x < 64 ops in practice
-	__type(key, struct op_key);
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SOURCES * OPS_PER_SOURCE);
+	__type(key, __u32); // source * OPS_PER_SOURCE + op
 	__type(value, struct op_latency);
 } latency SEC(".maps");
 
-// All zeroes, never written: the initial value for a new `latency` entry (too big for the stack).
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct op_latency);
-} zero_latency SEC(".maps");
-
 // --- requests in flight ---
-// Every FUSE request ends (also on abort), so a plain hash map (cheaper than LRU) cannot fill
-// up. io_uring requests can be freed without a completion event (IOSQE_CQE_SKIP_SUCCESS), so
-// that map is LRU.
 
+// FUSE requests by id: the kernel numbers a connection's requests 2, 4, 6, ... (`unique`,
+// assigned before fuse_request_send fires), so `unique / 2` modulo the size is a slot no other
+// request in flight uses. An array slot is an inlined lookup and a few stores, where a hash
+// map insert and delete took most of the FUSE programs' time. The slot keeps the request
+// pointer, which is what `end` matches: other mounts' requests can carry the same `unique`.
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u64); // struct fuse_req *, alive from send to end
-	__type(value, struct inflight);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, FUSE_INFLIGHT_SLOTS);
+	__type(key, __u32);
+	__type(value, struct fuse_inflight);
 } fuse_start SEC(".maps");
 
 // Per-thread slot, freed with the thread: no hashing and nothing to leak.
@@ -99,6 +110,8 @@ struct {
 	__type(value, struct inflight);
 } syscall_start SEC(".maps");
 
+// io_uring requests can be freed without a completion event (IOSQE_CQE_SKIP_SUCCESS), so this
+// map is LRU: forgotten starts age out.
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
@@ -110,6 +123,7 @@ struct {
 
 struct fuse_in_header {
 	__u32 opcode;
+	__u64 unique;
 } __attribute__((preserve_access_index));
 
 struct fuse_conn {
@@ -127,24 +141,11 @@ struct fuse_req {
 	struct fuse_mount *fm;
 } __attribute__((preserve_access_index));
 
+struct pt_regs;
+
 struct io_kiocb {
 	__u8 opcode;
 } __attribute__((preserve_access_index));
-
-// Classic tracepoint payloads, from /sys/kernel/tracing/events/syscalls/*/format (stable ABI).
-struct syscall_enter_args {
-	__u64 common;
-	__s32 syscall_nr;
-	__u32 pad;
-	__u64 args[6];
-};
-
-struct syscall_exit_args {
-	__u64 common;
-	__s32 syscall_nr;
-	__u32 pad;
-	__s64 ret;
-};
 
 // Branch-free floor(log2(v)) so the verifier sees no loop.
 static __always_inline __u32 log2_u32(__u32 v)
@@ -173,24 +174,18 @@ static __always_inline __u32 log2_u64(__u64 v)
 	return hi ? log2_u32(hi) + 32 : log2_u32((__u32)v);
 }
 
-static __always_inline void record(__u32 source, const struct inflight *start)
+static __always_inline void record(__u32 source, __u32 op, __u64 start_ns)
 {
-	__u64 delta_ns = bpf_ktime_get_ns() - start->start_ns;
-	struct op_key key = { .source = source, .op = start->op };
-	struct op_latency *lat = bpf_map_lookup_elem(&latency, &key);
+	__u64 delta_ns = bpf_ktime_get_ns() - start_ns;
+	__u32 index = source * OPS_PER_SOURCE + op;
+	struct op_latency *lat;
 
-	if (!lat) {
-		__u32 zero = 0;
-		struct op_latency *initial = bpf_map_lookup_elem(&zero_latency, &zero);
-
-		if (!initial)
-			return;
-		// If another CPU created the key first, NOEXIST fails but our per-CPU value exists.
-		bpf_map_update_elem(&latency, &key, initial, BPF_NOEXIST);
-		lat = bpf_map_lookup_elem(&latency, &key);
-		if (!lat)
-			return;
-	}
+	// Opcodes beyond the table (e.g. CUSE_INIT = 4096) are not counted.
+	if (op >= OPS_PER_SOURCE)
+		return;
+	lat = bpf_map_lookup_elem(&latency, &index);
+	if (!lat)
+		return;
 	lat->count += 1;
 	lat->sum_ns += delta_ns;
 	lat->slots[log2_u64(delta_ns) & (SLOTS - 1)] += 1;
@@ -209,61 +204,74 @@ static __always_inline int is_traced_tgid(__u64 pid_tgid)
 SEC("tp_btf/fuse_request_send")
 int BPF_PROG(fuse_request_send, const struct fuse_req *req)
 {
-	__u64 key = (__u64)req;
-	struct inflight start = {};
-	__u32 zero = 0;
+	__u32 zero = 0, slot;
 	__u32 *dev = bpf_map_lookup_elem(&cfg_fuse_dev, &zero);
+	struct fuse_inflight *start;
 
 	if (!dev || *dev != req->fm->fc->dev)
 		return 0;
-	start.start_ns = bpf_ktime_get_ns();
-	start.op = req->in.h.opcode;
-	bpf_map_update_elem(&fuse_start, &key, &start, BPF_ANY);
+	slot = (req->in.h.unique >> 1) & (FUSE_INFLIGHT_SLOTS - 1);
+	start = bpf_map_lookup_elem(&fuse_start, &slot);
+	if (!start)
+		return 0;
+	start->start_ns = bpf_ktime_get_ns();
+	start->op = req->in.h.opcode;
+	start->req = (__u64)req;
 	return 0;
 }
 
 SEC("tp_btf/fuse_request_end")
 int BPF_PROG(fuse_request_end, const struct fuse_req *req)
 {
-	__u64 key = (__u64)req;
-	struct inflight *start = bpf_map_lookup_elem(&fuse_start, &key);
+	__u32 slot = (req->in.h.unique >> 1) & (FUSE_INFLIGHT_SLOTS - 1);
+	struct fuse_inflight *start = bpf_map_lookup_elem(&fuse_start, &slot);
 
-	if (!start)
+	if (!start || start->req != (__u64)req)
 		return 0;
-	record(SOURCE_FUSE, start);
-	bpf_map_delete_elem(&fuse_start, &key);
+	record(SOURCE_FUSE, start->op, start->start_ns);
+	start->req = 0;
 	return 0;
 }
 
-// --- file syscalls of the traced processes; one program pair attached to every syscall ---
+// --- file syscalls of the traced process ---
+// The raw syscall tracepoints (BTF-typed): one program run per syscall of every process, but
+// the tgid test comes first, so a miss costs a few instructions. The per-syscall tracepoints
+// (syscalls:sys_enter_pread64, ...) run fewer programs, but the kernel first builds a perf
+// record of all arguments for each event, which cost more than the whole filter here.
 
-SEC("tracepoint/syscalls/sys_enter")
-int syscall_enter(struct syscall_enter_args *ctx)
+SEC("tp_btf/sys_enter")
+int BPF_PROG(sys_enter, struct pt_regs *regs, long id)
 {
+	__u32 nr = id;
+	__u32 *op;
 	struct inflight *start;
 
 	if (!is_traced_tgid(bpf_get_current_pid_tgid()))
+		return 0;
+	op = bpf_map_lookup_elem(&cfg_syscall_op, &nr);
+	if (!op || !*op)
 		return 0;
 	start = bpf_task_storage_get(&syscall_start, bpf_get_current_task_btf(), 0,
 				     BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!start)
 		return 0;
 	start->start_ns = bpf_ktime_get_ns();
-	start->op = ctx->syscall_nr;
+	start->op = *op - 1;
 	return 0;
 }
 
-SEC("tracepoint/syscalls/sys_exit")
-int syscall_exit(struct syscall_exit_args *ctx)
+SEC("tp_btf/sys_exit")
+int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
 {
 	struct inflight *start;
 
 	if (!is_traced_tgid(bpf_get_current_pid_tgid()))
 		return 0;
+	// Only traced syscalls leave a start behind, so no syscall number check is needed.
 	start = bpf_task_storage_get(&syscall_start, bpf_get_current_task_btf(), 0, 0);
 	if (!start || !start->start_ns)
 		return 0;
-	record(SOURCE_SYSCALL, start);
+	record(SOURCE_SYSCALL, start->op, start->start_ns);
 	start->start_ns = 0;
 	return 0;
 }
@@ -292,7 +300,7 @@ int BPF_PROG(io_uring_complete, void *ring, void *req)
 
 	if (!start)
 		return 0;
-	record(SOURCE_IO_URING, start);
+	record(SOURCE_IO_URING, start->op, start->start_ns);
 	bpf_map_delete_elem(&uring_start, &key);
 	return 0;
 }

@@ -1,4 +1,4 @@
-//! Kernel filesystems the probes depend on (tracefs, bpffs), the FUSE connection id of a
+//! The kernel filesystem the probes depend on (bpffs), the FUSE connection id of a
 //! mount, and the per-instance pin directory in bpffs.
 
 use std::ffi::CString;
@@ -12,16 +12,14 @@ use tracing::{info, warn};
 
 use crate::ProbeError;
 
-/// Pins live under `<bpffs>/fuse_ibd_v1/<instance>-<pid>/`. Bump the version whenever a map
+/// Pins live under `<bpffs>/fuse_ibd_v2/<instance>-<pid>/`. Bump the version whenever a map
 /// key or value layout changes: aya reopens existing pins without checking their layout, so
 /// older layouts are deleted at load time instead of being reused.
-pub const PIN_LAYOUT_DIR: &str = "fuse_ibd_v1"; // = PIN_LAYOUT_PREFIX + PIN_LAYOUT_VERSION
+pub const PIN_LAYOUT_DIR: &str = "fuse_ibd_v2"; // = PIN_LAYOUT_PREFIX + PIN_LAYOUT_VERSION
 const PIN_LAYOUT_PREFIX: &str = "fuse_ibd_v";
-const PIN_LAYOUT_VERSION: u32 = 1;
+const PIN_LAYOUT_VERSION: u32 = 2;
 
-pub(crate) const TRACEFS: &str = "/sys/kernel/tracing";
 pub(crate) const BPFFS: &str = "/sys/fs/bpf";
-const TRACEFS_MAGIC: i64 = 0x7472_6163;
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 
@@ -66,9 +64,8 @@ fn ensure_mounted(target: &str, fs_type: &str, magic: i64) -> Result<(), ProbeEr
     Ok(())
 }
 
-/// Classic tracepoints are attached through tracefs; maps are pinned in bpffs.
+/// Maps are pinned in bpffs. (All programs are BTF tracepoints, which need no tracefs.)
 pub(crate) fn ensure_kernel_filesystems() -> Result<(), ProbeError> {
-    ensure_mounted(TRACEFS, "tracefs", TRACEFS_MAGIC)?;
     ensure_mounted(BPFFS, "bpf", BPF_FS_MAGIC)
 }
 
@@ -92,7 +89,7 @@ pub(crate) fn fuse_connection_dev(mount: &Path) -> Result<u32, ProbeError> {
     Ok((libc::major(st_dev) << 20) | libc::minor(st_dev))
 }
 
-/// `<bpffs>/fuse_ibd_v1/<instance>-<pid>/` (bpffs forbids dots in names): one directory per loader, so a test and a
+/// `<bpffs>/fuse_ibd_v2/<instance>-<pid>/` (bpffs forbids dots in names): one directory per loader, so a test and a
 /// running fuse-ibd never share maps. Removed again on drop.
 #[derive(Debug)]
 pub(crate) struct PinDir {
@@ -104,19 +101,30 @@ impl PinDir {
         let layout_dir = bpffs.join(PIN_LAYOUT_DIR);
         remove_stale_pins(bpffs, &layout_dir);
         let path = layout_dir.join(format!("{instance}-{}", std::process::id()));
-        fs::create_dir_all(&layout_dir).map_err(|source| ProbeError::Io {
-            what: "creating",
-            path: layout_dir.clone(),
-            source,
-        })?;
-        match fs::create_dir(&path) {
-            Ok(()) => Ok(Self { path }),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(ProbeError::PinDirInUse(path)),
-            Err(source) => Err(ProbeError::Io {
+        // Another loader dropping its pins removes the layout directory once it is empty, possibly
+        // between our two calls: then create it again.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            fs::create_dir_all(&layout_dir).map_err(|source| ProbeError::Io {
                 what: "creating",
-                path,
+                path: layout_dir.clone(),
                 source,
-            }),
+            })?;
+            match fs::create_dir(&path) {
+                Ok(()) => return Ok(Self { path }),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    return Err(ProbeError::PinDirInUse(path))
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 5 => continue,
+                Err(source) => {
+                    return Err(ProbeError::Io {
+                        what: "creating",
+                        path,
+                        source,
+                    })
+                }
+            }
         }
     }
 
@@ -127,14 +135,24 @@ impl PinDir {
 
 impl Drop for PinDir {
     fn drop(&mut self) {
-        match fs::remove_dir_all(&self.path) {
-            // Already removed by `KernelLatency::remove_pins`.
-            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
-                warn!(path = %self.path.display(), %error, "cannot remove BPF pins");
-            }
-            _ => {}
+        if let Err(error) = remove_pin_dir(&self.path) {
+            warn!(path = %self.path.display(), %error, "cannot remove BPF pins");
         }
     }
+}
+
+/// Removes one loader's pin directory, and the layout directory above it if that is now empty.
+pub(crate) fn remove_pin_dir(path: &Path) -> io::Result<()> {
+    match fs::remove_dir_all(path) {
+        // Already removed, e.g. by `KernelLatency::remove_pins` before the drop.
+        Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
+        _ => {}
+    }
+    if let Some(layout_dir) = path.parent() {
+        // Fails harmlessly (not empty, or gone) when other loaders are running or just removed it.
+        let _ = fs::remove_dir(layout_dir);
+    }
+    Ok(())
 }
 
 /// Deletes pins of older layouts (never newer ones: a newer loader may be running) and of

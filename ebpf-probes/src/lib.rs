@@ -3,7 +3,7 @@
 //! BPF programs (`bpf/iolat.bpf.c`, built by clang in `build.rs`) measure three sources:
 //! FUSE requests of one mount (kernel queueing + daemon time), file syscalls of `mariadbd`,
 //! and its io_uring requests. [`KernelLatency`] loads and attaches them with aya, pins the
-//! result maps under `/sys/fs/bpf/fuse_ibd_v1/<instance>-<pid>/` and reads them back as
+//! result maps under `/sys/fs/bpf/fuse_ibd_v2/<instance>-<pid>/` and reads them back as
 //! [`LatencySnapshot`]s; [`KernelLatencyCollector`] exports them to Prometheus.
 
 mod bpffs;

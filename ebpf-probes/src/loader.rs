@@ -6,8 +6,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use aya::maps::{Array, MapData, MapError, PerCpuHashMap};
-use aya::programs::{BtfTracePoint, ProgramError, TracePoint};
+use aya::maps::{Array, MapData, MapError, PerCpuArray};
+use aya::programs::{BtfTracePoint, ProgramError};
 use aya::{Btf, Ebpf, EbpfLoader, Pod};
 use tracing::{info, warn};
 
@@ -19,13 +19,9 @@ use crate::ProbeError;
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/iolat.bpf.o"));
 const BUILD_ERROR: &str = env!("EBPF_PROBES_BUILD_ERROR");
 
-// Key and value layouts of the `latency` map in bpf/iolat.bpf.c.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct OpKey {
-    source: u32,
-    op: u32,
-}
+// Index and value layout of the `latency` map in bpf/iolat.bpf.c: one slot per (source, op),
+// index = source * OPS_PER_SOURCE + op.
+const OPS_PER_SOURCE: u32 = 64;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -36,8 +32,6 @@ struct OpLatency {
 }
 
 // SAFETY: plain #[repr(C)] integers without padding; any bit pattern is valid.
-unsafe impl Pod for OpKey {}
-// SAFETY: as above.
 unsafe impl Pod for OpLatency {}
 
 /// Which process's syscalls and io_uring requests are traced.
@@ -66,7 +60,7 @@ pub struct ProbeConfig {
     /// The FUSE mount point whose requests are measured.
     pub mount: PathBuf,
     pub pids: PidSource,
-    /// Names the pin directory `<bpffs>/fuse_ibd_v1/<instance>-<pid>/`.
+    /// Names the pin directory `<bpffs>/fuse_ibd_v2/<instance>-<pid>/`.
     pub instance: String,
     /// Where bpffs is (mounted there if it is not).
     pub bpffs: PathBuf,
@@ -94,6 +88,10 @@ impl ProbeConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceStatus {
     Attached,
+    /// Not attached because no process is to be traced ([`PidSource::None`]): the syscall
+    /// and io_uring sources would measure nothing, yet the syscall hooks slow down every
+    /// syscall on the machine while attached.
+    NoProcess,
     /// The kernel refused this source (e.g. a tracepoint is missing); the others still work.
     Unavailable(String),
 }
@@ -108,7 +106,7 @@ pub struct ProgramStats {
 
 /// The loaded and attached probes. Dropping it detaches them and removes the pins.
 pub struct KernelLatency {
-    latency: PerCpuHashMap<MapData, OpKey, OpLatency>,
+    latency: PerCpuArray<MapData, OpLatency>,
     cfg_tgid: Array<MapData, u32>,
     pids: PidSource,
     traced_pid: Option<u32>,
@@ -170,19 +168,30 @@ impl KernelLatency {
                 .map_err(|source| ProbeError::Pin { name, source })?;
             Ok::<_, ProbeError>(map)
         };
-        let latency = PerCpuHashMap::try_from(pinned_map("latency")?).map_err(map_err("latency"))?;
+        let latency = PerCpuArray::try_from(pinned_map("latency")?).map_err(map_err("latency"))?;
         let cfg_tgid = Array::try_from(pinned_map("cfg_tgid")?).map_err(map_err("cfg_tgid"))?;
         let mut cfg_fuse_dev: Array<_, u32> =
             Array::try_from(pinned_map("cfg_fuse_dev")?).map_err(map_err("cfg_fuse_dev"))?;
         cfg_fuse_dev
             .set(0, fuse_dev, 0)
             .map_err(map_err("cfg_fuse_dev"))?;
+        let mut cfg_syscall_op: Array<_, u32> =
+            Array::try_from(pinned_map("cfg_syscall_op")?).map_err(map_err("cfg_syscall_op"))?;
+        for (op, (_, nr)) in TRACED_SYSCALLS.iter().enumerate() {
+            // 0 means "not traced" on the BPF side.
+            cfg_syscall_op
+                .set(*nr as u32, op as u32 + 1, 0)
+                .map_err(map_err("cfg_syscall_op"))?;
+        }
 
         let sources: Vec<_> = config
             .sources
             .iter()
             .copied()
             .map(|source| {
+                if config.pids == PidSource::None && source != Source::Fuse {
+                    return (source, SourceStatus::NoProcess);
+                }
                 let status = match attach(&mut ebpf, source, &btf) {
                     Ok(()) => SourceStatus::Attached,
                     Err(error) => {
@@ -202,6 +211,7 @@ impl KernelLatency {
                 .iter()
                 .filter_map(|(s, status)| match status {
                     SourceStatus::Unavailable(reason) => Some(format!("{s}: {reason}")),
+                    SourceStatus::NoProcess => Some(format!("{s}: no process to trace")),
                     SourceStatus::Attached => None,
                 })
                 .collect();
@@ -233,10 +243,7 @@ impl KernelLatency {
     /// hold the probes (their `Drop` would otherwise never run). The programs stay attached until
     /// the process exits.
     pub fn remove_pins(&self) -> std::io::Result<()> {
-        match std::fs::remove_dir_all(self.pin_dir()) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        bpffs::remove_pin_dir(self.pin_dir())
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -289,12 +296,24 @@ impl KernelLatency {
     /// Sums the per-CPU counters into one histogram per operation (cumulative since load).
     pub fn snapshot(&self) -> Result<LatencySnapshot, ProbeError> {
         let mut snapshot = LatencySnapshot::default();
-        for entry in self.latency.iter() {
-            let (key, per_cpu) = entry.map_err(map_err("latency"))?;
-            let Some(source) = Source::from_raw(key.source) else {
+        for index in 0..self.latency.len() {
+            let per_cpu = self.latency.get(&index, 0).map_err(map_err("latency"))?;
+            if per_cpu.iter().all(|cpu| cpu.count == 0) {
+                continue;
+            }
+            let Some(source) = Source::from_raw(index / OPS_PER_SOURCE) else {
                 continue;
             };
-            let histogram = snapshot.ops.entry(OpId { source, op: key.op }).or_default();
+            let op = index % OPS_PER_SOURCE;
+            let op = match source {
+                // The BPF side counts syscalls by their index in TRACED_SYSCALLS.
+                Source::Syscall => match TRACED_SYSCALLS.get(op as usize) {
+                    Some((_, nr)) => *nr as u32,
+                    None => continue,
+                },
+                Source::Fuse | Source::IoUring => op,
+            };
+            let histogram = snapshot.ops.entry(OpId { source, op }).or_default();
             for cpu in per_cpu.iter() {
                 histogram.count += cpu.count;
                 histogram.sum_ns += cpu.sum_ns;
@@ -315,13 +334,6 @@ fn btf_tracepoint<'a>(ebpf: &'a mut Ebpf, program: &str) -> Result<&'a mut BtfTr
     program.try_into()
 }
 
-fn tracepoint<'a>(ebpf: &'a mut Ebpf, program: &str) -> Result<&'a mut TracePoint, ProgramError> {
-    let program = ebpf
-        .program_mut(program)
-        .ok_or_else(|| ProgramError::InvalidName { name: program.into() })?;
-    program.try_into()
-}
-
 fn attach(ebpf: &mut Ebpf, source: Source, btf: &Btf) -> Result<(), ProgramError> {
     // End before start: a start recorded without its end program would only age out of the LRU.
     let btf_pair = |end: &str, start: &str, ebpf: &mut Ebpf| {
@@ -335,17 +347,7 @@ fn attach(ebpf: &mut Ebpf, source: Source, btf: &Btf) -> Result<(), ProgramError
     match source {
         Source::Fuse => btf_pair("fuse_request_end", "fuse_request_send", ebpf),
         Source::IoUring => btf_pair("io_uring_complete", "io_uring_submit_req", ebpf),
-        Source::Syscall => {
-            // One program per direction, attached to every traced syscall's tracepoint.
-            for (program, direction) in [("syscall_exit", "exit"), ("syscall_enter", "enter")] {
-                let program = tracepoint(ebpf, program)?;
-                program.load()?;
-                for (syscall, _) in TRACED_SYSCALLS {
-                    program.attach("syscalls", &format!("sys_{direction}_{syscall}"))?;
-                }
-            }
-            Ok(())
-        }
+        Source::Syscall => btf_pair("sys_exit", "sys_enter", ebpf),
     }
 }
 

@@ -190,13 +190,14 @@ fn pinned_maps_dump_with_bpftool_and_stale_pins_are_removed() {
         );
         serde_json::from_slice(&out.stdout).unwrap()
     };
-    // BTF-described maps: bpftool prints field names, e.g. {"source": 0, "op": 16} for FUSE write.
+    // BTF-described maps: bpftool prints the value's field names. The key is
+    // source * 64 + op, so FUSE (source 0) write (opcode 16) is 16.
     let latency = dump("latency");
     let fuse_write = latency
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e["formatted"]["key"]["source"] == 0 && e["formatted"]["key"]["op"] == 16)
+        .find(|e| e["formatted"]["key"] == 16)
         .unwrap_or_else(|| panic!("no FUSE write in {latency:#}"));
     let per_cpu = fuse_write["formatted"]["values"].as_array().unwrap();
     let writes: u64 = per_cpu
@@ -218,8 +219,41 @@ fn pinned_maps_dump_with_bpftool_and_stale_pins_are_removed() {
         "{clash:?}"
     );
 
+    // The syscall filter maps syscall numbers to the op index (+ 1) the histograms use.
+    let syscall_ops = dump("cfg_syscall_op");
+    let pread64 = syscall_ops
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["formatted"]["key"] == libc::SYS_pread64)
+        .unwrap_or_else(|| panic!("no pread64 in {syscall_ops:#}"));
+    assert_ne!(pread64["formatted"]["value"], 0, "{pread64:#}");
+
+    // Without a process to trace, only the FUSE source is attached.
+    let statuses: Vec<_> = probes
+        .sources()
+        .iter()
+        .map(|(_, status)| status.clone())
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            SourceStatus::Attached,
+            SourceStatus::NoProcess,
+            SourceStatus::NoProcess
+        ]
+    );
+
+    let layout_dir = pin_dir.parent().unwrap().to_owned();
+    let other = std::fs::read_dir(&layout_dir).unwrap().count() > 1;
     drop(probes);
     assert!(!pin_dir.exists(), "pins left behind in {}", pin_dir.display());
+    // The versioned directory goes with its last loader (unless another one is running).
+    assert!(
+        other || !layout_dir.exists(),
+        "empty {} left behind",
+        layout_dir.display()
+    );
 }
 
 /// mysqld's `--pid-file` content, once it is written.

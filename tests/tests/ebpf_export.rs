@@ -85,8 +85,9 @@ fn kernel_fuse_latency_of_the_mount_is_exported_on_metrics() {
     // The daemon's own view of the same writes sits next to it: kernel time includes queueing.
     assert!(text.contains(r#"fuse_ibd_op_duration_seconds_count{op="write"}"#));
     // The daemon removes its pins when it exits, even with the mount still busy (`file` is open).
-    let pins =
-        std::path::Path::new("/sys/fs/bpf/fuse_ibd_v1").join(format!("fuse-ibd-{}", fuse.pid().unwrap()));
+    let pins = std::path::Path::new("/sys/fs/bpf")
+        .join(ebpf_probes::PIN_LAYOUT_DIR)
+        .join(format!("fuse-ibd-{}", fuse.pid().unwrap()));
     assert!(pins.exists(), "pins live at {}", pins.display());
     fuse.unmount().unwrap();
     assert!(!pins.exists(), "{} outlived the daemon", pins.display());

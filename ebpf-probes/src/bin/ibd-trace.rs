@@ -37,7 +37,7 @@ struct Args {
     /// Sources to attach (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "fuse,syscall,io_uring", value_parser = parse_source)]
     sources: Vec<Source>,
-    /// Pin directory name under /sys/fs/bpf/fuse_ibd_v1/ (suffixed with this process's pid).
+    /// Pin directory name under /sys/fs/bpf/fuse_ibd_v2/ (suffixed with this process's pid).
     #[arg(long, default_value = "ibd-trace")]
     instance: String,
 }
