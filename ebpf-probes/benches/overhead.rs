@@ -48,6 +48,18 @@ const SETTLE: Duration = Duration::from_millis(300);
 /// Windows with BPF run-time statistics enabled, after the measured pairs.
 const STATS_WINDOWS: u32 = 3;
 
+/// `EBPF_BENCH_SOURCES` (e.g. `fuse` or `fuse,syscall`): which sources to attach, to see what
+/// each costs; default all.
+fn bench_sources() -> Vec<Source> {
+    match std::env::var("EBPF_BENCH_SOURCES") {
+        Ok(list) => Source::ALL
+            .into_iter()
+            .filter(|s| list.split(',').any(|name| name.trim() == s.as_str()))
+            .collect(),
+        Err(_) => Source::ALL.to_vec(),
+    }
+}
+
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
         .ok()
@@ -319,14 +331,15 @@ fn run(fs: Fs, mounted: &Mounted, file: &Path, iterations: u32, seconds: f64) ->
     });
 
     let load = || -> Option<KernelLatency> {
-        let config = ProbeConfig::new(mounted.mount_point(), PidSource::Pid(fio_pid)).instance("bench");
+        let mut config = ProbeConfig::new(mounted.mount_point(), PidSource::Pid(fio_pid)).instance("bench");
+        config.sources = bench_sources();
         load_probes(config)
     };
     let check_traced = |probes: &KernelLatency| {
         let snapshot = probes.snapshot().unwrap();
         let count = |source, op| snapshot.get(source, op).map_or(0, |h| h.count);
         assert!(
-            count(Source::Syscall, "pread64") > 0,
+            !bench_sources().contains(&Source::Syscall) || count(Source::Syscall, "pread64") > 0,
             "{label}: fio's preads were not traced"
         );
         assert!(
