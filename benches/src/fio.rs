@@ -132,6 +132,7 @@ pub fn run_suite(
     backends: &mut [PreparedBackend],
     iterations: u32,
     raw_dir: &Path,
+    failed_steps: &mut Vec<String>,
 ) -> Result<Vec<FioRun>> {
     std::fs::create_dir_all(raw_dir)?;
     let mut progress = Progress::new("fio", iterations as usize * settings.jobs.len() * backends.len());
@@ -152,13 +153,14 @@ pub fn run_suite(
                 backend
                     .fresh_node()
                     .with_context(|| format!("mounting a fresh node of {}", backend.name))?;
-                let run = run_job(settings, job, backend, iteration, raw_dir)
-                    .with_context(|| format!("fio job {job} on {}", backend.name))?;
-                progress.step_done(
-                    &format!("{job} on {} (iteration {iteration}/{iterations})", backend.name),
-                    &describe(&run.metrics),
-                );
-                runs.push(run);
+                let step = format!("{job} on {} (iteration {iteration}/{iterations})", backend.name);
+                match run_job(settings, job, backend, iteration, raw_dir) {
+                    Ok(run) => {
+                        progress.step_done(&step, &describe(&run.metrics));
+                        runs.push(run);
+                    }
+                    Err(error) => failed_steps.push(progress.step_failed(&step, &error)),
+                }
             }
         }
     }

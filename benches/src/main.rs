@@ -247,9 +247,16 @@ fn run(cli: &Cli) -> Result<()> {
         fio: None,
         sysbench: None,
         recovery: None,
+        failed_steps: Vec::new(),
     };
     if let Some(settings) = fio_settings {
-        let runs = fio::run_suite(&settings, &mut prepared, iterations, &raw_dir.join("fio"))?;
+        let runs = fio::run_suite(
+            &settings,
+            &mut prepared,
+            iterations,
+            &raw_dir.join("fio"),
+            &mut results.failed_steps,
+        )?;
         results.fio = Some(SuiteResults::new(settings, runs));
     }
     if let Some(mut settings) = sysbench_settings {
@@ -259,6 +266,7 @@ fn run(cli: &Cli) -> Result<()> {
             iterations,
             work.path(),
             &raw_dir.join("sysbench"),
+            &mut results.failed_steps,
         )?;
         results.sysbench = Some(SuiteResults::new(settings, runs));
     }

@@ -25,6 +25,15 @@ impl Progress {
         eprintln!("{}: {what}", self.suite);
     }
 
+    /// Reports a step that failed and returns the line the report keeps for it. A long run goes
+    /// on: one failed measurement must not throw away the others.
+    pub fn step_failed(&mut self, step: &str, error: &anyhow::Error) -> String {
+        let failed = format!("{} {step}: {error:#}", self.suite);
+        self.step_done(step, "FAILED, left out of the medians (listed in the report)");
+        eprintln!("{failed}");
+        failed
+    }
+
     /// Reports a finished step; the ETA assumes the remaining steps take as long on average.
     pub fn step_done(&mut self, step: &str, outcome: &str) {
         self.done += 1;

@@ -163,6 +163,9 @@ pub struct Results {
     pub fio: Option<SuiteResults<FioSettings, FioRun>>,
     pub sysbench: Option<SuiteResults<SysbenchSettings, SysbenchRun>>,
     pub recovery: Option<SuiteResults<RecoverySettings, RecoveryRun>>,
+    /// Measured steps that failed (suite, step, error); the run went on without them.
+    #[serde(default)]
+    pub failed_steps: Vec<String>,
 }
 
 /// Writes results.json, summary.md and the plots into `dir`.
@@ -285,6 +288,17 @@ fn render_markdown(results: &Results, plots: &[String]) -> String {
          Ratios compare backends measured side by side in this run only: numbers from different runs or machines do not compare.\n",
         results.iterations
     );
+    if !results.failed_steps.is_empty() {
+        let _ = writeln!(
+            md,
+            "**{} step(s) failed** and are left out of the medians; their logs are in `raw/`:\n",
+            results.failed_steps.len()
+        );
+        for failed in &results.failed_steps {
+            let _ = writeln!(md, "- {}", failed.replace('\n', " "));
+        }
+        md.push('\n');
+    }
     md.push_str("## Setup\n\n| backend | what |\n|---|---|\n");
     for backend in &results.backends {
         let _ = writeln!(md, "| {} | {} |", backend.name, backend.description);
@@ -737,6 +751,7 @@ mod tests {
             fio: Some(SuiteResults::new(fio_settings, fio_runs)),
             sysbench: Some(SuiteResults::new(sysbench_settings, sysbench_runs)),
             recovery: Some(SuiteResults::new(recovery_settings, vec![recovery_run])),
+            failed_steps: vec!["fio randread on bindfs (iteration 1/1): fio failed (exit status: 4)".into()],
         }
     }
 
@@ -765,6 +780,8 @@ mod tests {
             "commit-like write+fdatasync: p50 ≤ 1.5 × native | bindfs | write+fdatasync p50",
             "oltp_read_write t1 cached: fuse-ibd-warm ≥ 0.95 × native TPS (bindfs: 0.93 earlier) | bindfs | 0.80 × native",
             "![fio-iops-ratio.svg](fio-iops-ratio.svg)",
+            "**1 step(s) failed** and are left out of the medians",
+            "- fio randread on bindfs (iteration 1/1): fio failed (exit status: 4)",
         ] {
             assert!(md.contains(expected), "summary.md lacks {expected:?}:\n{md}");
         }

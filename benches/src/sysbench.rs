@@ -124,6 +124,7 @@ pub fn run_suite(
     iterations: u32,
     run_root: &Path,
     raw_dir: &Path,
+    failed_steps: &mut Vec<String>,
 ) -> Result<Vec<SysbenchRun>> {
     std::fs::create_dir_all(raw_dir)?;
     for backend in backends.iter().filter(|b| !b.runs_mariadb) {
@@ -209,8 +210,13 @@ pub fn run_suite(
                         }
                         let server = server.as_ref().context("no server")?;
                         let log = raw_dir.join(format!("sysbench-{case}.log"));
-                        let metrics = measure(settings, server, backend, workload, threads, &log)
-                            .with_context(|| format!("sysbench {case}"))?;
+                        let metrics = match measure(settings, server, backend, workload, threads, &log) {
+                            Ok(metrics) => metrics,
+                            Err(error) => {
+                                failed_steps.push(progress.step_failed(&case, &error));
+                                continue;
+                            }
+                        };
                         let run = SysbenchRun {
                             workload: workload.clone(),
                             threads,
