@@ -159,7 +159,11 @@ pub fn run_suite(
                         progress.step_done(&step, &describe(&run.metrics));
                         runs.push(run);
                     }
-                    Err(error) => failed_steps.push(progress.step_failed(&step, &error)),
+                    Err(error) => {
+                        // Ctrl-C stops the run; only a real failure is recorded and skipped.
+                        process::check_interrupted()?;
+                        failed_steps.push(progress.step_failed(&step, &error));
+                    }
                 }
             }
         }
