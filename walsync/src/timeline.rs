@@ -629,25 +629,27 @@ mod tests {
 
     use super::*;
 
-    fn open(dir: &Path) -> (Arc<Timeline>, Registry) {
-        let mut registry = Registry::with_prefix("walsync");
-        let metrics = Metrics::register(&mut registry);
+    /// Creates timeline "t" in `dir` with segments of `segment_size` bytes.
+    fn create(dir: &Path, segment_size: u64) -> (Arc<Timeline>, Registry) {
         TimelineMeta::new("t", None).store(dir).unwrap();
         CheckpointLog::create(dir, &[]).unwrap();
-        let config = TimelineConfig {
-            segment_size: 1 << 20,
-        };
+        open_existing(dir, segment_size)
+    }
+
+    fn open_existing(dir: &Path, segment_size: u64) -> (Arc<Timeline>, Registry) {
+        let mut registry = Registry::with_prefix("walsync");
+        let metrics = Metrics::register(&mut registry);
+        let config = TimelineConfig { segment_size };
         (Timeline::open(dir, None, &config, &metrics).unwrap(), registry)
+    }
+
+    fn open(dir: &Path) -> (Arc<Timeline>, Registry) {
+        create(dir, 1 << 20)
     }
 
     /// Opens an existing timeline again, as a restart does.
     fn open_again(dir: &Path) -> (Arc<Timeline>, Registry) {
-        let mut registry = Registry::with_prefix("walsync");
-        let metrics = Metrics::register(&mut registry);
-        let config = TimelineConfig {
-            segment_size: 1 << 20,
-        };
-        (Timeline::open(dir, None, &config, &metrics).unwrap(), registry)
+        open_existing(dir, 1 << 20)
     }
 
     fn metric(registry: &Registry, name: &str) -> f64 {
@@ -659,12 +661,7 @@ mod tests {
     #[test]
     fn a_segment_is_sealed_only_after_the_fdatasync_in_progress_ends() {
         let dir = tempfile::tempdir().unwrap();
-        let mut registry = Registry::with_prefix("walsync");
-        let metrics = Metrics::register(&mut registry);
-        TimelineMeta::new("t", None).store(dir.path()).unwrap();
-        CheckpointLog::create(dir.path(), &[]).unwrap();
-        let config = TimelineConfig { segment_size: 100 };
-        let tl = Timeline::open(dir.path(), None, &config, &metrics).unwrap();
+        let (tl, registry) = create(dir.path(), 100);
         let term = tl.acquire_term(None).unwrap().term;
         // The first fdatasync blocks until released, once it has said it started.
         let (started_tx, started) = std::sync::mpsc::channel();
@@ -904,13 +901,8 @@ mod tests {
     #[test]
     fn a_resend_compares_what_overlaps_and_appends_the_rest() {
         let dir = tempfile::tempdir().unwrap();
-        let mut registry = Registry::with_prefix("walsync");
-        let metrics = Metrics::register(&mut registry);
-        TimelineMeta::new("t", None).store(dir.path()).unwrap();
-        CheckpointLog::create(dir.path(), &[]).unwrap();
         // Small segments, so resends span records and segments.
-        let config = TimelineConfig { segment_size: 100 };
-        let tl = Timeline::open(dir.path(), None, &config, &metrics).unwrap();
+        let (tl, _registry) = create(dir.path(), 100);
         let term = tl.acquire_term(None).unwrap().term;
         let byte = |lsn: u64| (lsn * 7 % 251) as u8;
         let bytes = |from: u64, to: u64| (from..to).map(byte).collect::<Vec<u8>>();
