@@ -360,17 +360,23 @@ async fn sigkill_during_appends_loses_no_acknowledged_byte() {
     }
 }
 
-#[tokio::test]
-async fn torn_tail_is_truncated_at_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let mut ws = Walsync::start(&data, &[]);
+/// A walsync SIGKILLed after appending three 1000-byte records from LSN 5000 to timeline "tl":
+/// the service, the term, the end LSN and the segment file holding the records.
+async fn killed_after_three_records(data: &std::path::Path) -> (Walsync, u64, u64, std::path::PathBuf) {
+    let mut ws = Walsync::start(data, &[]);
     let c = ws.client();
     let term = c.acquire_term("tl", None).await.unwrap().term;
     let end = fill(&c, "tl", term, 8, 5000, 3000, 1000).await;
     ws.kill();
-    // Half a record, as if the process died inside a write.
     let segment = data.join("timelines/tl/wal").join(format!("{:016x}.seg", 5000));
+    (ws, term, end, segment)
+}
+
+#[tokio::test]
+async fn torn_tail_is_truncated_at_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut ws, term, end, segment) = killed_after_three_records(&dir.path().join("data")).await;
+    // Half a record, as if the process died inside a write.
     let mut file = std::fs::OpenOptions::new().append(true).open(&segment).unwrap();
     std::io::Write::write_all(&mut file, &[0x11; 23]).unwrap();
     ws.restart();
@@ -390,15 +396,9 @@ async fn torn_tail_is_truncated_at_restart() {
 #[tokio::test]
 async fn a_rotted_acknowledged_last_record_is_reported_not_truncated() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let mut ws = Walsync::start(&data, &[]);
-    let c = ws.client();
-    let term = c.acquire_term("tl", None).await.unwrap().term;
-    let end = fill(&c, "tl", term, 8, 5000, 3000, 1000).await;
-    ws.kill();
+    let (mut ws, term, end, segment) = killed_after_three_records(&dir.path().join("data")).await;
     // One bit of the last record's payload flips: the record is all there, its CRC fails. It was
     // acknowledged (so synced): corruption, not a torn write.
-    let segment = data.join("timelines/tl/wal").join(format!("{:016x}.seg", 5000));
     let mut bytes = std::fs::read(&segment).unwrap();
     let len = bytes.len();
     bytes[len - 10] ^= 0x04;
@@ -436,14 +436,8 @@ async fn a_rotted_acknowledged_last_record_is_reported_not_truncated() {
 #[tokio::test]
 async fn bit_rot_before_valid_records_is_reported_and_kept_not_truncated() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let mut ws = Walsync::start(&data, &[]);
-    let c = ws.client();
-    let term = c.acquire_term("tl", None).await.unwrap().term;
-    let end = fill(&c, "tl", term, 8, 5000, 3000, 1000).await;
-    ws.kill();
+    let (mut ws, term, end, segment) = killed_after_three_records(&dir.path().join("data")).await;
     // One bit of the middle record's payload flips on disk.
-    let segment = data.join("timelines/tl/wal").join(format!("{:016x}.seg", 5000));
     let len = std::fs::metadata(&segment).unwrap().len();
     let mut bytes = std::fs::read(&segment).unwrap();
     bytes[1016 + 16 + 10] ^= 0x04;
