@@ -330,16 +330,17 @@ fn run(fs: Fs, mounted: &Mounted, file: &Path, iterations: u32, seconds: f64) ->
         syscalls(fio_pid).0 > 1000
     });
 
+    let sources = bench_sources();
     let load = || -> Option<KernelLatency> {
         let mut config = ProbeConfig::new(mounted.mount_point(), PidSource::Pid(fio_pid)).instance("bench");
-        config.sources = bench_sources();
+        config.sources = sources.clone();
         load_probes(config)
     };
     let check_traced = |probes: &KernelLatency| {
         let snapshot = probes.snapshot().unwrap();
         let count = |source, op| snapshot.get(source, op).map_or(0, |h| h.count);
         assert!(
-            !bench_sources().contains(&Source::Syscall) || count(Source::Syscall, "pread64") > 0,
+            !sources.contains(&Source::Syscall) || count(Source::Syscall, "pread64") > 0,
             "{label}: fio's preads were not traced"
         );
         assert!(
