@@ -3,8 +3,11 @@
 //! write + fdatasync loop (as many writers, a file each) in the same directory, in the same run:
 //! the scenarios of each writer count take turns in short rounds, and the paired ratios are the
 //! median over rounds of the scenario against the bare loop of the same round, so drift in what
-//! else the machine and its disk are doing cancels out. Prints a table and writes JSON to
-//! `<target>/bench-results/walsync-append.json`.
+//! else the machine and its disk are doing cancels out. Each walsync scenario writes the same
+//! timelines for the whole run, as a compute node does, so commits land in segments that started
+//! as zeroed files (see `walsync/src/storage/spare.rs`); a bare loop overwriting a zeroed file is
+//! reported beside them as the least a WAL on this disk could cost. Prints a table and writes JSON
+//! to `<target>/bench-results/walsync-append.json`.
 //!
 //! `cargo bench -p walsync` (set `WALSYNC_BENCH_SECS` to change the time per scenario, default 4).
 
@@ -170,7 +173,59 @@ impl Sizes {
 
 fn bare_fdatasync_loop(dir: &Path, seed: u64, duration: Duration) -> Samples {
     let path = dir.join(format!("bare-{seed}.bin"));
-    let mut file = OpenOptions::new().create(true).append(true).open(&path).unwrap();
+    let file = OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let samples = write_and_sync(&file, seed, 0, u64::MAX, duration).0;
+    std::fs::remove_file(path).unwrap();
+    samples
+}
+
+/// A file of zeros that [`write_and_sync`] overwrites from `offset` on, round after round (from
+/// the start again when it is full), the way walsync writes a segment that started as a spare.
+struct ZeroedFile {
+    file: std::fs::File,
+    offset: u64,
+}
+
+impl ZeroedFile {
+    const SIZE: u64 = 64 << 20;
+
+    fn create(dir: &Path) -> Self {
+        let path = dir.join("zeroed.bin");
+        let mut file = OpenOptions::new()
+            .create_new(true)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..Self::SIZE / zeros.len() as u64 {
+            file.write_all(&zeros).unwrap();
+        }
+        file.sync_data().unwrap();
+        Self { file, offset: 0 }
+    }
+
+    fn run(&mut self, duration: Duration) -> Samples {
+        let (samples, offset) = write_and_sync(&self.file, 5, self.offset, Self::SIZE, duration);
+        self.offset = offset;
+        samples
+    }
+}
+
+/// Commit-sized writes at `offset` on, each followed by fdatasync, for `duration`; wraps to 0
+/// before passing `limit`. Returns the samples and where the next write goes.
+fn write_and_sync(
+    file: &std::fs::File,
+    seed: u64,
+    mut offset: u64,
+    limit: u64,
+    duration: Duration,
+) -> (Samples, u64) {
+    use std::os::unix::fs::FileExt;
     let mut sizes = Sizes(seed);
     let buf = vec![0x5au8; 4096 + 16];
     let mut samples = Samples {
@@ -182,14 +237,17 @@ fn bare_fdatasync_loop(dir: &Path, seed: u64, duration: Duration) -> Samples {
     while started.elapsed() < duration {
         // Same bytes as walsync writes: the record header plus the chunk.
         let len = sizes.next();
+        if offset + (len + 16) as u64 > limit {
+            offset = 0;
+        }
         let t = Instant::now();
-        file.write_all(&buf[..len + 16]).unwrap();
+        file.write_all_at(&buf[..len + 16], offset).unwrap();
         file.sync_data().unwrap();
         samples.latencies.push(t.elapsed());
         samples.bytes += len as u64;
+        offset += (len + 16) as u64;
     }
-    std::fs::remove_file(path).unwrap();
-    samples
+    (samples, offset)
 }
 
 /// The least any WAL service in another process could cost: each commit goes over loopback TCP to
@@ -259,22 +317,40 @@ fn bare_concurrent(dir: &Path, writers: usize, duration: Duration) -> Samples {
     Samples::merge(parts, started.elapsed())
 }
 
-/// One writer per timeline, a plain append request per commit.
-async fn plain_appends(client: &WalsyncClient, name: &str, writers: usize, duration: Duration) -> Samples {
-    let mut terms = Vec::new();
-    for w in 0..writers {
-        let tl = format!("{name}-{w}");
-        terms.push((client.acquire_term(&tl, None).await.unwrap().term, tl));
+/// A timeline on the server that a scenario writes for the whole run: each round goes on where
+/// the last one ended.
+struct ServedTimeline {
+    name: String,
+    term: u64,
+    next_lsn: u64,
+}
+
+impl ServedTimeline {
+    async fn create(client: &WalsyncClient, name: String) -> Self {
+        let term = client.acquire_term(&name, None).await.unwrap().term;
+        Self {
+            name,
+            term,
+            next_lsn: START_LSN,
+        }
     }
+}
+
+/// One writer per timeline, a plain append request per commit.
+async fn plain_appends(
+    client: &WalsyncClient,
+    timelines: &mut [ServedTimeline],
+    duration: Duration,
+) -> Samples {
     let started = Instant::now();
-    let tasks: Vec<_> = terms
-        .into_iter()
+    let tasks: Vec<_> = timelines
+        .iter()
         .enumerate()
-        .map(|(w, (term, tl))| {
+        .map(|(w, tl)| {
             let client = client.clone();
+            let (name, term, mut lsn) = (tl.name.clone(), tl.term, tl.next_lsn);
             tokio::spawn(async move {
                 let mut sizes = Sizes(w as u64 + 7);
-                let mut lsn = START_LSN;
                 let mut samples = Samples {
                     latencies: Vec::new(),
                     bytes: 0,
@@ -285,18 +361,20 @@ async fn plain_appends(client: &WalsyncClient, name: &str, writers: usize, durat
                     let len = sizes.next();
                     let t = Instant::now();
                     let chunk = bytes::Bytes::copy_from_slice(&data[..len]);
-                    client.append(&tl, term, lsn, chunk).await.unwrap();
+                    client.append(&name, term, lsn, chunk).await.unwrap();
                     samples.latencies.push(t.elapsed());
                     samples.bytes += len as u64;
                     lsn += len as u64;
                 }
-                samples
+                (samples, lsn)
             })
         })
         .collect();
     let mut parts = Vec::new();
-    for t in tasks {
-        parts.push(t.await.unwrap());
+    for (t, tl) in tasks.into_iter().zip(timelines) {
+        let (samples, lsn) = t.await.unwrap();
+        tl.next_lsn = lsn;
+        parts.push(samples);
     }
     Samples::merge(parts, started.elapsed())
 }
@@ -304,10 +382,14 @@ async fn plain_appends(client: &WalsyncClient, name: &str, writers: usize, durat
 /// `writers` tasks committing on one timeline through one shared append stream, the way
 /// concurrent fdatasyncs of `ib_logfile0` would: each takes the next LSN range in order, sends,
 /// and waits for its own acknowledgement, so commits in flight share an fdatasync.
-async fn shared_stream(client: &WalsyncClient, tl: &str, writers: usize, duration: Duration) -> Samples {
-    let term = client.acquire_term(tl, None).await.unwrap().term;
-    let stream = Arc::new(client.open_stream(tl, term).await.unwrap());
-    let next_lsn = Arc::new(Mutex::new(START_LSN));
+async fn shared_stream(
+    client: &WalsyncClient,
+    tl: &mut ServedTimeline,
+    writers: usize,
+    duration: Duration,
+) -> Samples {
+    let stream = Arc::new(client.open_stream(&tl.name, tl.term).await.unwrap());
+    let next_lsn = Arc::new(Mutex::new(tl.next_lsn));
     let started = Instant::now();
     let tasks: Vec<_> = (0..writers)
         .map(|w| {
@@ -342,45 +424,61 @@ async fn shared_stream(client: &WalsyncClient, tl: &str, writers: usize, duratio
     for t in tasks {
         parts.push(t.await.unwrap());
     }
+    tl.next_lsn = *next_lsn.lock().await;
     Samples::merge(parts, started.elapsed())
 }
 
 /// The storage core alone (timeline writer, group commit, fdatasync), no HTTP: splits the
-/// overhead over a bare fdatasync between storage and transport.
-fn in_process(dir: &Path, name: &str, duration: Duration) -> Samples {
-    use walsync::storage::checkpoints::CheckpointLog;
-    use walsync::storage::meta::TimelineMeta;
-    use walsync::timeline::{Timeline, TimelineConfig};
+/// overhead over a bare fdatasync between storage and transport. One timeline for the whole run.
+struct InProcess {
+    tl: Arc<walsync::timeline::Timeline>,
+    term: u64,
+    next_lsn: u64,
+}
 
-    let tl_dir = dir.join(name);
-    std::fs::create_dir_all(&tl_dir).unwrap();
-    TimelineMeta::new(name, None).store(&tl_dir).unwrap();
-    CheckpointLog::create(&tl_dir, &[]).unwrap();
-    let mut registry = prometheus_client::registry::Registry::default();
-    let metrics = walsync::metrics::Metrics::register(&mut registry);
-    let config = TimelineConfig {
-        segment_size: 16 << 20,
-    };
-    let tl = Timeline::open(&tl_dir, None, &config, &metrics).unwrap();
-    let term = tl.acquire_term(None).unwrap().term;
-    let mut sizes = Sizes(3);
-    let data = vec![0x77u8; 4096];
-    let mut lsn = START_LSN;
-    let mut samples = Samples {
-        latencies: Vec::new(),
-        bytes: 0,
-        elapsed: duration,
-    };
-    let started = Instant::now();
-    while started.elapsed() < duration {
-        let len = sizes.next();
-        let t = Instant::now();
-        tl.append(term, lsn, &data[..len]).unwrap();
-        samples.latencies.push(t.elapsed());
-        samples.bytes += len as u64;
-        lsn += len as u64;
+impl InProcess {
+    fn open(dir: &Path) -> Self {
+        use walsync::storage::checkpoints::CheckpointLog;
+        use walsync::storage::meta::TimelineMeta;
+        use walsync::timeline::{Timeline, TimelineConfig};
+
+        let tl_dir = dir.join("core");
+        std::fs::create_dir_all(&tl_dir).unwrap();
+        TimelineMeta::new("core", None).store(&tl_dir).unwrap();
+        CheckpointLog::create(&tl_dir, &[]).unwrap();
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = walsync::metrics::Metrics::register(&mut registry);
+        let config = TimelineConfig {
+            segment_size: 16 << 20,
+        };
+        let tl = Timeline::open(&tl_dir, None, &config, &metrics).unwrap();
+        let term = tl.acquire_term(None).unwrap().term;
+        Self {
+            tl,
+            term,
+            next_lsn: START_LSN,
+        }
     }
-    samples
+
+    fn run(&mut self, duration: Duration) -> Samples {
+        let mut sizes = Sizes(3);
+        let data = vec![0x77u8; 4096];
+        let mut samples = Samples {
+            latencies: Vec::new(),
+            bytes: 0,
+            elapsed: duration,
+        };
+        let started = Instant::now();
+        while started.elapsed() < duration {
+            let len = sizes.next();
+            let t = Instant::now();
+            self.tl.append(self.term, self.next_lsn, &data[..len]).unwrap();
+            samples.latencies.push(t.elapsed());
+            samples.bytes += len as u64;
+            self.next_lsn += len as u64;
+        }
+        samples
+    }
 }
 
 /// The workspace's target directory: results go there, and so does the data (a real disk, where
@@ -412,29 +510,41 @@ fn main() {
         .build()
         .unwrap();
 
+    let mut zeroed = ZeroedFile::create(&data_dir);
+    let mut core = InProcess::open(tmp.path());
+    let served = |name: String| runtime.block_on(ServedTimeline::create(&client, name));
+    let mut plain1 = vec![served("plain1".into())];
+    let mut stream1 = served("stream1".into());
+    let mut plain8: Vec<_> = (0..8).map(|w| served(format!("plain8-{w}"))).collect();
+    let mut stream8 = served("stream8".into());
+    // Each new timeline writes the zeroed file its first segment starts as (about 30 ms each).
+    std::thread::sleep(Duration::from_secs(2));
+
     // The scenarios of each writer count take turns in short rounds, so that drift in what else
     // the machine and its disk are doing hits them alike.
     const ROUNDS: u32 = 20;
     let slice = duration / ROUNDS;
     // Each round starts with the next scenario, so none always follows the same other one.
-    let mut single: [Vec<Samples>; 5] = Default::default();
+    let mut single: [Vec<Samples>; 6] = Default::default();
     for round in 0..ROUNDS {
         for k in 0..single.len() {
             let which = (round as usize + k) % single.len();
             single[which].push(match which {
                 0 => bare_concurrent(&data_dir, 1, slice),
-                1 => tcp_floor(&data_dir, slice),
-                2 => in_process(tmp.path(), &format!("core-{round}"), slice),
-                3 => runtime.block_on(plain_appends(&client, &format!("plain1-{round}"), 1, slice)),
-                _ => runtime.block_on(shared_stream(&client, &format!("stream1-{round}"), 1, slice)),
+                1 => zeroed.run(slice),
+                2 => tcp_floor(&data_dir, slice),
+                3 => core.run(slice),
+                4 => runtime.block_on(plain_appends(&client, &mut plain1, slice)),
+                _ => runtime.block_on(shared_stream(&client, &mut stream1, 1, slice)),
             });
         }
     }
-    let [bare, floor, core, plain, stream] = single;
+    let [bare, zeroed, floor, core, plain, stream] = single;
     let mut results = summarize(
         1,
-        ("bare write+fdatasync", bare),
+        ("bare write+fdatasync (appending)", bare),
         vec![
+            ("bare write+fdatasync over a zeroed file", zeroed),
             ("floor: loopback TCP + write+fdatasync", floor),
             ("walsync core in-process (no HTTP)", core),
             ("walsync plain append", plain),
@@ -447,8 +557,8 @@ fn main() {
             let which = (round as usize + k) % eight.len();
             eight[which].push(match which {
                 0 => bare_concurrent(&data_dir, 8, slice),
-                1 => runtime.block_on(plain_appends(&client, &format!("plain8-{round}"), 8, slice)),
-                _ => runtime.block_on(shared_stream(&client, &format!("stream8-{round}"), 8, slice)),
+                1 => runtime.block_on(plain_appends(&client, &mut plain8, slice)),
+                _ => runtime.block_on(shared_stream(&client, &mut stream8, 8, slice)),
             });
         }
     }

@@ -1,10 +1,12 @@
-//! On-disk state of a timeline: WAL segments ([`wal`], [`segment`], [`index`]), the metadata file
+//! On-disk state of a timeline: WAL segments ([`wal`], [`segment`], [`index`], [`spare`]), the
+//! metadata file
 //! with parent, term and geometry ([`meta`]), and the checkpoint history ([`checkpoints`]).
 
 pub mod checkpoints;
 pub mod index;
 pub mod meta;
 pub mod segment;
+pub mod spare;
 pub mod wal;
 
 use std::fs::{self, File};

@@ -60,7 +60,8 @@ impl Header {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TornTail {
     pub offset: u64,
-    pub file_len: u64,
+    /// End of the bytes written: the file's length, less a pre-zeroed segment's zero tail.
+    pub written_len: u64,
     pub reason: &'static str,
     /// Set if the watermark says WAL up to this LSN was synced, yet the file ends (or holds bytes
     /// that cannot be its records) before it: synced WAL is missing, not torn.
@@ -153,17 +154,29 @@ fn next_valid_record(bytes: &[u8], offset: usize, lsn: u64) -> Option<(usize, u6
 /// watermark: WAL below it was fdatasynced): past it, a torn (never acknowledged) tail, ending the
 /// scan; below it, corruption, kept and reported: a record whose header is intact and payload
 /// complete is skipped and the scan goes on after it, else the bad bytes up to the end of the
-/// file are taken to hold the WAL up to the watermark.
+/// written bytes are taken to hold the WAL up to the watermark.
+///
+/// The written bytes end where only zeros follow (a segment starts as a file of zeros, see
+/// [`super::spare`]); a record's own trailing zeros are read as part of it. The last segment
+/// ending before the watermark is synced WAL gone missing: reported as a torn tail that says so.
 pub fn scan(path: &Path, start_lsn: u64, next_start: Option<u64>, synced: Option<u64>) -> io::Result<Scan> {
     let bytes = std::fs::read(path)?;
-    let file_len = bytes.len() as u64;
+    let written = super::spare::zero_tail_start(&bytes);
     let mut entry = SegmentEntry::new(path.to_path_buf(), start_lsn);
     let mut corrupt = Vec::new();
     let torn = loop {
         let offset = entry.file_len as usize;
-        if offset == bytes.len() {
-            break None;
+        if offset >= written {
+            let lsn = entry.end_lsn;
+            let missing = synced.filter(|synced| next_start.is_none() && lsn < *synced);
+            break missing.map(|synced| TornTail {
+                offset: offset as u64,
+                written_len: offset as u64,
+                reason: "the segment ends before the synced watermark",
+                synced_to: Some(synced),
+            });
         }
+        let written_len = written as u64;
         let reason = match check_record(&bytes[offset..], entry.end_lsn) {
             Ok(len) => {
                 entry.note_record(entry.end_lsn, len);
@@ -172,7 +185,7 @@ pub fn scan(path: &Path, start_lsn: u64, next_start: Option<u64>, synced: Option
             Err(reason) => reason,
         };
         let resume = next_valid_record(&bytes, offset, entry.end_lsn)
-            .or_else(|| next_start.map(|next| (bytes.len(), next)))
+            .or_else(|| next_start.map(|next| (written, next)))
             .filter(|(_, lsn)| *lsn >= entry.end_lsn);
         match resume {
             Some((end_offset, to_lsn)) => {
@@ -190,7 +203,7 @@ pub fn scan(path: &Path, start_lsn: u64, next_start: Option<u64>, synced: Option
                 let Some(synced) = synced.filter(|synced| lsn < *synced) else {
                     break Some(TornTail {
                         offset: offset as u64,
-                        file_len,
+                        written_len,
                         reason,
                         synced_to: None,
                     });
@@ -201,13 +214,13 @@ pub fn scan(path: &Path, start_lsn: u64, next_start: Option<u64>, synced: Option
                     Some(len) => (lsn + len, offset as u64 + RECORD_HEADER_LEN + len),
                     // Bytes enough to have held the WAL up to the watermark (and so the next
                     // scan finds what is appended after them as the WAL continuing there).
-                    None if file_len - offset as u64 >= RECORD_HEADER_LEN + (synced - lsn) => {
-                        (synced, file_len)
+                    None if written_len - offset as u64 >= RECORD_HEADER_LEN + (synced - lsn) => {
+                        (synced, written_len)
                     }
                     None => {
                         break Some(TornTail {
                             offset: offset as u64,
-                            file_len,
+                            written_len,
                             reason,
                             synced_to: Some(synced),
                         })
@@ -375,7 +388,8 @@ mod tests {
         let scan = super::scan(&path, 100, None, Some(107)).unwrap();
         assert_eq!(scan.torn, None);
         let c = &scan.corrupt[0];
-        assert_eq!((c.offset, c.end_offset, c.from_lsn, c.to_lsn), (19, 49, 103, 107));
+        // (The last of the 49 bytes is a zero: written bytes end before trailing zeros.)
+        assert_eq!((c.offset, c.end_offset, c.from_lsn, c.to_lsn), (19, 48, 103, 107));
         let mut bytes = clean.clone();
         bytes[19 + 16] ^= 0xff;
         bytes.extend_from_slice(&encode_header(107, b"xyz")[..10]);
@@ -451,5 +465,41 @@ mod tests {
         let mut out = Vec::new();
         read_range(&path, mark, 101, 108, &mut out).unwrap();
         assert_eq!(out, b"bcdefgh");
+    }
+
+    #[test]
+    fn a_pre_zeroed_segment_ends_where_only_zeros_follow() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(file_name(100));
+        // The last record's payload ends in zeros of its own.
+        write_records(&path, 100, &[b"abc", b"de\0\0"]);
+        let records = std::fs::read(&path).unwrap();
+        let mut zeroed = records.clone();
+        zeroed.resize(4096, 0);
+        std::fs::write(&path, &zeroed).unwrap();
+        for synced in [None, Some(104), Some(107)] {
+            let scan = scan(&path, 100, None, synced).unwrap();
+            assert_eq!(
+                (scan.entry.end_lsn, scan.entry.file_len),
+                (107, records.len() as u64)
+            );
+            assert!(scan.torn.is_none() && scan.corrupt.is_empty(), "{scan:?}");
+        }
+        // Sealed with a zero tail: the next segment continues where the records end.
+        let scan = scan(&path, 100, Some(107), Some(200)).unwrap();
+        assert!(scan.torn.is_none() && scan.corrupt.is_empty(), "{scan:?}");
+
+        // A torn record over the zeros: cut where it starts, past the watermark.
+        let mut torn = zeroed.clone();
+        torn[records.len()..records.len() + 10].copy_from_slice(&encode_header(107, b"xyz")[..10]);
+        std::fs::write(&path, &torn).unwrap();
+        let scan = super::scan(&path, 100, None, Some(107)).unwrap();
+        assert_eq!(scan.torn.unwrap().offset, records.len() as u64);
+
+        // Zeros where the watermark says synced WAL was: missing, said so (not a quiet end).
+        std::fs::write(&path, &zeroed).unwrap();
+        let scan = super::scan(&path, 100, None, Some(120)).unwrap();
+        let torn = scan.torn.unwrap();
+        assert_eq!((torn.offset, torn.synced_to), (records.len() as u64, Some(120)));
     }
 }

@@ -7,7 +7,7 @@
 //! only means fewer bad bytes are recognised as corruption (see `segment::scan`).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use super::index::{SegmentEntry, WalIndex};
 use super::segment::{self, Corrupt, TornTail};
+use super::spare::SpareSegment;
 use super::sync_dir;
 
 /// The watermark file in the WAL directory: `[u64 lsn][u32 crc32c(lsn)]`, little-endian.
@@ -28,7 +29,12 @@ pub struct WalStore {
     segment_size: u64,
     index: Arc<RwLock<WalIndex>>,
     /// Shared with a [`SyncTarget`], so the fdatasync can run while the next records are written.
+    /// Records are written at their offset (a segment may start as zeros), never appended.
     tail: Option<Arc<File>>,
+    /// The zeroed file the next segment starts as.
+    spare: SpareSegment,
+    /// One record (header and payload) as written: one `pwrite`, no allocation per record.
+    record: Vec<u8>,
     /// End of the WAL known to be durable.
     synced_end: Option<u64>,
     sync_state: Arc<SyncState>,
@@ -184,7 +190,7 @@ impl WalStore {
         }
         let tail = match index.last() {
             Some(last) => {
-                let file = OpenOptions::new().append(true).open(&last.path)?;
+                let file = OpenOptions::new().write(true).open(&last.path)?;
                 // A crash between write and fdatasync leaves bytes that the scan accepts but that
                 // were never acknowledged as durable: make them durable before reporting them so.
                 file.sync_data()?;
@@ -195,9 +201,13 @@ impl WalStore {
         if let Some(end) = index.end_lsn() {
             write_watermark(&watermark_file, end)?;
         }
+        let spare = SpareSegment::open(dir, segment_size)?;
+        spare.prepare_in_background();
         let store = Self {
             dir: dir.to_path_buf(),
             segment_size,
+            spare,
+            record: Vec::new(),
             synced_end: index.end_lsn(),
             index: Arc::new(RwLock::new(index)),
             tail,
@@ -258,9 +268,19 @@ impl WalStore {
         if self.needs_new_segment() {
             self.start_segment(start_lsn)?;
         }
-        let header = segment::encode_header(start_lsn, data);
+        self.record.clear();
+        self.record
+            .extend_from_slice(&segment::encode_header(start_lsn, data));
+        self.record.extend_from_slice(data);
+        let offset = self
+            .index
+            .read()
+            .expect("index lock")
+            .last()
+            .expect("tail segment is indexed")
+            .file_len;
         let tail: &File = self.tail.as_ref().expect("tail segment is open");
-        write_all_vectored(tail, &header, data)?;
+        tail.write_all_at(&self.record, offset)?;
         let mut index = self.index.write().expect("index lock");
         index.note_record(start_lsn, data.len() as u64);
         Ok(())
@@ -275,8 +295,14 @@ impl WalStore {
             ));
         }
         let path = self.dir.join(segment::file_name(start_lsn));
-        let file = OpenOptions::new().append(true).create_new(true).open(&path)?;
+        let file = if self.spare.take(&path)? {
+            OpenOptions::new().write(true).open(&path)?
+        } else {
+            tracing::debug!(dir = %self.dir.display(), "no zeroed segment ready: starting an empty one");
+            OpenOptions::new().write(true).create_new(true).open(&path)?
+        };
         sync_dir(&self.dir)?;
+        self.spare.prepare_in_background();
         self.tail = Some(Arc::new(file));
         self.index
             .write()
@@ -430,20 +456,6 @@ impl WalReader {
     }
 }
 
-/// Writes a record's header and payload with one system call where it can: one syscall, no copy.
-fn write_all_vectored(mut file: &File, header: &[u8], data: &[u8]) -> io::Result<()> {
-    let total = header.len() + data.len();
-    let written = file.write_vectored(&[io::IoSlice::new(header), io::IoSlice::new(data)])?;
-    if written < header.len() {
-        file.write_all(&header[written..])?;
-        file.write_all(data)
-    } else if written < total {
-        file.write_all(&data[written - header.len()..])
-    } else {
-        Ok(())
-    }
-}
-
 fn invalid(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
 }
@@ -451,6 +463,7 @@ fn invalid(message: String) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::spare::zero_tail_start;
 
     /// Appends as the writer does: the WAL is synced before a new segment starts.
     fn append(store: &mut WalStore, lsn: u64, data: &[u8]) -> io::Result<()> {
@@ -485,8 +498,11 @@ mod tests {
             .filter(|p| p.extension().is_some_and(|e| e == "seg"))
             .max()
             .unwrap();
-        let mut f = OpenOptions::new().append(true).open(&tail).unwrap();
-        f.write_all(&segment::encode_header(lsn, b"lost")[..12]).unwrap();
+        // Where the records end, whether the segment started empty or as zeros.
+        let written = zero_tail_start(&fs::read(&tail).unwrap()) as u64;
+        let f = OpenOptions::new().write(true).open(&tail).unwrap();
+        f.write_all_at(&segment::encode_header(lsn, b"lost")[..12], written)
+            .unwrap();
         let (store, report) = WalStore::open(dir.path(), 100).unwrap();
         assert_eq!(
             report.watermark,
@@ -496,6 +512,45 @@ mod tests {
         assert_eq!(report.torn_tail.unwrap().0, tail);
         assert_eq!(store.reader().bounds(), Some((5000, lsn)));
         assert_eq!(store.reader().read(5000, lsn).unwrap(), expected);
+    }
+
+    #[test]
+    fn a_segment_started_from_a_spare_is_written_in_place_and_reopens_at_its_records_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = WalStore::open(dir.path(), 4096).unwrap();
+        store.spare.wait_prepared();
+        append(&mut store, 0, &[1; 100]).unwrap();
+        store.sync().unwrap();
+        let first = dir.path().join(segment::file_name(0));
+        assert_eq!(
+            fs::metadata(&first).unwrap().len(),
+            4096,
+            "the spare became the segment"
+        );
+        assert_eq!(zero_tail_start(&fs::read(&first).unwrap()), 116);
+        drop(store);
+
+        let (mut store, report) = WalStore::open(dir.path(), 4096).unwrap();
+        assert!(
+            report.torn_tail.is_none() && report.corrupt.is_empty(),
+            "{report:?}"
+        );
+        assert_eq!(store.reader().bounds(), Some((0, 100)));
+        // The next record goes right after the first, not after the zeros.
+        append(&mut store, 100, &[2; 50]).unwrap();
+        store.sync().unwrap();
+        assert_eq!(zero_tail_start(&fs::read(&first).unwrap()), 116 + 66);
+        let mut expected = vec![1; 100];
+        expected.extend_from_slice(&[2; 50]);
+        assert_eq!(store.reader().read(0, 150).unwrap(), expected);
+        // A roll takes the next spare.
+        store.spare.wait_prepared();
+        append(&mut store, 150, &[3; 4000]).unwrap();
+        append(&mut store, 4150, &[4; 10]).unwrap();
+        store.sync().unwrap();
+        let second = dir.path().join(segment::file_name(4150));
+        assert_eq!(fs::metadata(&second).unwrap().len(), 4096);
+        assert_eq!(store.reader().read(4150, 4160).unwrap(), vec![4; 10]);
     }
 
     #[test]
