@@ -229,7 +229,6 @@ impl KernelLatency {
         &self.sources
     }
 
-    /// Where the maps are pinned (`latency`, `cfg_tgid`, `cfg_fuse_dev`).
     /// Removes this loader's pins now, for a process about to exit while other threads may still
     /// hold the probes (their `Drop` would otherwise never run). The programs stay attached until
     /// the process exits.
@@ -237,6 +236,7 @@ impl KernelLatency {
         bpffs::remove_pin_dir(self.pin_dir())
     }
 
+    /// Where the maps are pinned (`latency`, `cfg_tgid`, `cfg_fuse_dev`).
     pub fn pin_dir(&self) -> &Path {
         self.pin_dir.path()
     }
