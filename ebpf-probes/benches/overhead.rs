@@ -120,7 +120,10 @@ fn measure(fio: u32, daemon: u32, seconds: f64) -> Window {
     std::thread::sleep(SETTLE);
     let start = counters(fio, daemon);
     std::thread::sleep(Duration::from_secs_f64(seconds));
-    let end = counters(fio, daemon);
+    window(&start, &counters(fio, daemon))
+}
+
+fn window(start: &Counters, end: &Counters) -> Window {
     let reads = end.fio_reads - start.fio_reads;
     assert!(reads > 0, "fio made no progress");
     Window {
@@ -149,31 +152,21 @@ fn run_stats(stats: &[ProgramStats], name: &str) -> (u64, Duration) {
         .map_or((0, Duration::ZERO), |p| (p.run_count, p.run_time))
 }
 
-/// The probes' own run time per fio read: mean run time of each program times how often it
-/// runs per read. FUSE send and end run once per read. The syscall programs run on every
-/// syscall of the machine; a read's share is fio's pread64 plus the daemon's syscalls for it,
-/// estimated by fio's and the daemon's read/write-type syscalls per read (fio's pread64, the
-/// daemon's read of /dev/fuse, its pread64 and its writev of the reply). Dividing the
-/// programs' total time by the reads would instead charge every other process's syscalls to fio.
-fn bpf_ns_per_read(
-    before: &[ProgramStats],
-    after: &[ProgramStats],
-    io_syscalls_per_read: f64,
-) -> Vec<(String, f64, f64)> {
-    [
-        ("fuse_request_send", 1.0),
-        ("fuse_request_end", 1.0),
-        ("sys_enter", io_syscalls_per_read),
-        ("sys_exit", io_syscalls_per_read),
-    ]
-    .into_iter()
-    .map(|(name, runs_per_read)| {
-        let (count0, time0) = run_stats(before, name);
-        let (count1, time1) = run_stats(after, name);
-        let mean_ns = (time1 - time0).as_nanos() as f64 / (count1 - count0).max(1) as f64;
-        (name.to_owned(), mean_ns, mean_ns * runs_per_read)
-    })
-    .collect()
+/// The probes' own run time per fio read, for each attached program: mean run time and runs per
+/// read. The programs run for every process (their filters are inside), so these are all runs on
+/// the machine divided by fio's reads: the FUSE programs for each read's request, the pread64
+/// ones for fio's traced call and for the daemon's untraced reads of its backing file, and also
+/// any other process's FUSE requests and file syscalls, which a quiet machine keeps rare.
+fn bpf_ns_per_read(before: &[ProgramStats], after: &[ProgramStats], reads: u64) -> Vec<(String, f64, f64)> {
+    after
+        .iter()
+        .map(|program| {
+            let (count0, time0) = run_stats(before, &program.name);
+            let runs = program.run_count - count0;
+            let mean_ns = (program.run_time - time0).as_nanos() as f64 / runs.max(1) as f64;
+            (program.name.clone(), mean_ns, runs as f64 / reads as f64)
+        })
+        .collect()
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -382,18 +375,22 @@ fn run(fs: Fs, mounted: &Mounted, file: &Path, iterations: u32, seconds: f64) ->
     let stats_fd = enable_stats(Stats::RunTime).expect("BPF_ENABLE_STATS");
     let mut per_program: Vec<(String, f64, f64)> = Vec::new();
     let mut syscalls_per_read = Vec::new();
+    std::thread::sleep(SETTLE);
     for _ in 0..STATS_WINDOWS {
-        let before = probes.program_stats().unwrap();
-        let window = measure(fio_pid, daemon, seconds);
-        let after = probes.program_stats().unwrap();
-        let costs = bpf_ns_per_read(&before, &after, window.io_syscalls_per_read);
+        // Program runs and fio's reads over the same interval.
+        let (before, start) = (probes.program_stats().unwrap(), counters(fio_pid, daemon));
+        std::thread::sleep(Duration::from_secs_f64(seconds));
+        let (after, end) = (probes.program_stats().unwrap(), counters(fio_pid, daemon));
+        let window = window(&start, &end);
+        let costs = bpf_ns_per_read(&before, &after, window.reads);
         println!(
             "{label} stats window: {} reads, {:.2} read/write syscalls of fio + daemon per read; BPF ns per read: {}",
             window.reads,
             window.io_syscalls_per_read,
             costs
                 .iter()
-                .map(|(name, mean, per_read)| format!("{name} {mean:.0} ns/run -> {per_read:.0}"))
+                .filter(|(_, _, runs)| *runs > 0.0)
+                .map(|(name, mean, runs)| format!("{name} {mean:.0} ns/run x {runs:.2} -> {:.0}", mean * runs))
                 .collect::<Vec<_>>()
                 .join(", ")
         );
@@ -417,7 +414,9 @@ fn run(fs: Fs, mounted: &Mounted, file: &Path, iterations: u32, seconds: f64) ->
     let cpu_ratio = median(cpu_ratios.iter().copied());
     let iops_loss_percent = (1.0 - iops_ratio) * 100.0;
     // Per program: median over the stats windows of its cost per read, then summed.
-    let names: Vec<String> = per_program.iter().map(|(n, _, _)| n.clone()).take(4).collect();
+    let mut names: Vec<String> = per_program.iter().map(|(n, _, _)| n.clone()).collect();
+    names.sort();
+    names.dedup();
     let bpf_per_program: Vec<(String, f64)> = names
         .iter()
         .map(|name| {
@@ -425,7 +424,7 @@ fn run(fs: Fs, mounted: &Mounted, file: &Path, iterations: u32, seconds: f64) ->
                 per_program
                     .iter()
                     .filter(|(n, _, _)| n == name)
-                    .map(|(_, _, c)| *c),
+                    .map(|(_, mean, runs)| mean * runs),
             );
             (name.clone(), per_read)
         })

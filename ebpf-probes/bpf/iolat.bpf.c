@@ -4,7 +4,8 @@
 //
 // Three sources, each a start/end pair keyed by what identifies one request:
 //   FUSE     tp_btf fuse_request_send -> fuse_request_end, slot by request id, filtered by device
-//   syscall  tp_btf sys_enter -> sys_exit, per-thread storage, filtered by tgid, then syscall number
+//   syscall  syscalls:sys_enter_<name> -> sys_exit_<name> for six file syscalls, per-thread
+//            storage, filtered by tgid
 //   io_uring tp_btf io_uring_submit_req -> io_uring_complete, key request pointer, filtered by tgid
 // Every finished request adds one sample to the log2 histogram and to the exact count/sum of
 // its operation, one per-CPU array value, so the hot path does no hashing and takes no lock.
@@ -29,8 +30,6 @@ char LICENSE[] SEC("license") = "GPL";
 // `latency` index = source * OPS_PER_SOURCE + op. Must match src/loader.rs.
 #define SOURCES 3
 #define OPS_PER_SOURCE 64
-// Size of cfg_syscall_op: syscall numbers are below this on every architecture we build for.
-#define MAX_SYSCALL_NR 1024
 // Slots of fuse_start, a power of two: more than the FUSE requests one connection can have in
 // flight (max_background plus one per blocked thread), so consecutive ids never collide.
 #define FUSE_INFLIGHT_SLOTS 4096
@@ -72,13 +71,6 @@ struct {
 	__type(value, __u32); // kernel dev_t of the FUSE connection (fuse_conn->dev), from st_dev
 } cfg_fuse_dev SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, MAX_SYSCALL_NR);
-	__type(key, __u32);   // syscall number
-	__type(value, __u32); // 0 = not traced, else op + 1 (the index in TRACED_SYSCALLS + 1)
-} cfg_syscall_op SEC(".maps");
-
 // --- results ---
 
 struct {
@@ -107,7 +99,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, int);
-	__type(value, struct inflight);
+	__type(value, __u64); // start of the thread's traced syscall in ns, 0 = none
 } syscall_start SEC(".maps");
 
 // io_uring requests can be freed without a completion event (IOSQE_CQE_SKIP_SUCCESS), so this
@@ -140,8 +132,6 @@ struct fuse_req {
 	} in;
 	struct fuse_mount *fm;
 } __attribute__((preserve_access_index));
-
-struct pt_regs;
 
 struct io_kiocb {
 	__u8 opcode;
@@ -234,47 +224,60 @@ int BPF_PROG(fuse_request_end, const struct fuse_req *req)
 }
 
 // --- file syscalls of the traced process ---
-// The raw syscall tracepoints (BTF-typed): one program run per syscall of every process, but
-// the tgid test comes first, so a miss costs a few instructions. The per-syscall tracepoints
-// (syscalls:sys_enter_pread64, ...) run fewer programs, but the kernel first builds a perf
-// record of all arguments for each event, which cost more than the whole filter here.
+// One classic tracepoint pair per traced syscall: the kernel runs these programs only for those
+// six syscalls (after building a perf record of their arguments), and every other syscall pays
+// just its check that its own tracepoint is off. The raw sys_enter/sys_exit ran a program on
+// every syscall on the machine, and the FUSE daemon makes many futex and epoll calls per
+// request. The programs need neither the arguments nor the return value, so the tracepoint
+// context is not declared.
 
-SEC("tp_btf/sys_enter")
-int BPF_PROG(sys_enter, struct pt_regs *regs, long id)
+static __always_inline int syscall_enter(void)
 {
-	__u32 nr = id;
-	__u32 *op;
-	struct inflight *start;
+	__u64 *start;
 
 	if (!is_traced_tgid(bpf_get_current_pid_tgid()))
-		return 0;
-	op = bpf_map_lookup_elem(&cfg_syscall_op, &nr);
-	if (!op || !*op)
 		return 0;
 	start = bpf_task_storage_get(&syscall_start, bpf_get_current_task_btf(), 0,
 				     BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (!start)
-		return 0;
-	start->start_ns = bpf_ktime_get_ns();
-	start->op = *op - 1;
+	if (start)
+		*start = bpf_ktime_get_ns();
 	return 0;
 }
 
-SEC("tp_btf/sys_exit")
-int BPF_PROG(sys_exit, struct pt_regs *regs, long ret)
+static __always_inline int syscall_exit(__u32 op)
 {
-	struct inflight *start;
+	__u64 *start;
 
 	if (!is_traced_tgid(bpf_get_current_pid_tgid()))
 		return 0;
-	// Only traced syscalls leave a start behind, so no syscall number check is needed.
 	start = bpf_task_storage_get(&syscall_start, bpf_get_current_task_btf(), 0, 0);
-	if (!start || !start->start_ns)
+	if (!start || !*start)
 		return 0;
-	record(SOURCE_SYSCALL, start->op, start->start_ns);
-	start->start_ns = 0;
+	record(SOURCE_SYSCALL, op, *start);
+	*start = 0;
 	return 0;
 }
+
+// op = index of the syscall in TRACED_SYSCALLS (src/histogram.rs). The loader attaches
+// sys_enter_<name> and sys_exit_<name> to the tracepoints of the same names.
+#define SYSCALL_PROBES(name, op)                                  \
+	SEC("tracepoint/syscalls/sys_enter_" #name)               \
+	int sys_enter_##name(void *ctx)                           \
+	{                                                         \
+		return syscall_enter();                           \
+	}                                                         \
+	SEC("tracepoint/syscalls/sys_exit_" #name)                \
+	int sys_exit_##name(void *ctx)                            \
+	{                                                         \
+		return syscall_exit(op);                          \
+	}
+
+SYSCALL_PROBES(pread64, 0)
+SYSCALL_PROBES(pwrite64, 1)
+SYSCALL_PROBES(preadv, 2)
+SYSCALL_PROBES(pwritev, 3)
+SYSCALL_PROBES(fsync, 4)
+SYSCALL_PROBES(fdatasync, 5)
 
 // --- io_uring: submitted by a traced process -> completion posted (any context) ---
 

@@ -1,5 +1,5 @@
-//! The kernel filesystem the probes depend on (bpffs), the FUSE connection id of a
-//! mount, and the per-instance pin directory in bpffs.
+//! The kernel filesystems the probes depend on (bpffs, and tracefs for the syscall source), the
+//! FUSE connection id of a mount, and the per-instance pin directory in bpffs.
 
 use std::ffi::CString;
 use std::fs;
@@ -21,6 +21,8 @@ const PIN_LAYOUT_VERSION: u32 = 2;
 
 pub(crate) const BPFFS: &str = "/sys/fs/bpf";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const TRACEFS: &str = "/sys/kernel/tracing";
+const TRACEFS_MAGIC: i64 = 0x7472_6163;
 const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 
 fn statfs_type(path: &Path) -> io::Result<i64> {
@@ -36,13 +38,18 @@ fn statfs_type(path: &Path) -> io::Result<i64> {
     Ok(fs_type as i64)
 }
 
-fn ensure_mounted(target: &str, fs_type: &str, magic: i64) -> Result<(), ProbeError> {
-    let io_err = |what, source| ProbeError::Io {
-        what,
+fn ensure_mounted(
+    target: &str,
+    fs_type: &'static str,
+    magic: i64,
+    needed_for: &'static str,
+) -> Result<(), ProbeError> {
+    let statfs = statfs_type(Path::new(target)).map_err(|source| ProbeError::Io {
+        what: "statfs",
         path: target.into(),
         source,
-    };
-    if statfs_type(Path::new(target)).map_err(|e| io_err("statfs", e))? == magic {
+    })?;
+    if statfs == magic {
         return Ok(());
     }
     let c_target = CString::new(target).expect("no NUL in constant path");
@@ -58,15 +65,37 @@ fn ensure_mounted(target: &str, fs_type: &str, magic: i64) -> Result<(), ProbeEr
         )
     };
     if rc != 0 {
-        return Err(io_err("mounting", io::Error::last_os_error()));
+        return Err(ProbeError::Mount {
+            fs_type,
+            path: target.into(),
+            needed_for,
+            source: io::Error::last_os_error(),
+        });
     }
     info!(target, fs_type, "mounted missing kernel filesystem");
     Ok(())
 }
 
-/// Maps are pinned in bpffs. (All programs are BTF tracepoints, which need no tracefs.)
-pub(crate) fn ensure_kernel_filesystems() -> Result<(), ProbeError> {
-    ensure_mounted(BPFFS, "bpf", BPF_FS_MAGIC)
+pub(crate) fn ensure_bpffs() -> Result<(), ProbeError> {
+    ensure_mounted(BPFFS, "bpf", BPF_FS_MAGIC, "to pin the maps")
+}
+
+/// aya attaches classic tracepoints (the syscall source) by their id in tracefs, which it looks
+/// for once per process: call this before the first attach.
+pub(crate) fn ensure_tracefs() -> Result<(), ProbeError> {
+    ensure_mounted(
+        TRACEFS,
+        "tracefs",
+        TRACEFS_MAGIC,
+        "to attach the syscall tracepoints",
+    )?;
+    // tracefs is root-only (mode 0700) by default; aya reports an unreadable one as "not found".
+    fs::read_dir(TRACEFS).map_err(|source| ProbeError::Io {
+        what: "reading",
+        path: TRACEFS.into(),
+        source,
+    })?;
+    Ok(())
 }
 
 /// The kernel's id of the FUSE connection behind `mount` (`fuse_conn->dev`, which the

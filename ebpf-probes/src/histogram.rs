@@ -44,6 +44,8 @@ impl fmt::Display for Source {
 }
 
 /// The file syscalls traced for the MariaDB process, by name and number on this architecture.
+/// The index is the op the BPF side records (`SYSCALL_PROBES` in `bpf/iolat.bpf.c`), and the
+/// name that of its programs and tracepoints (`sys_enter_<name>`, `sys_exit_<name>`).
 pub const TRACED_SYSCALLS: [(&str, libc::c_long); 6] = [
     ("pread64", libc::SYS_pread64),
     ("pwrite64", libc::SYS_pwrite64),

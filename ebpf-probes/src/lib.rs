@@ -30,6 +30,13 @@ pub enum ProbeError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("mounting {fs_type} at {path} ({needed_for}): {source}")]
+    Mount {
+        fs_type: &'static str,
+        path: PathBuf,
+        needed_for: &'static str,
+        source: std::io::Error,
+    },
     #[error("pin directory {0} is in use by another loader in this process")]
     PinDirInUse(PathBuf),
     #[error("loading BPF object: {0}")]

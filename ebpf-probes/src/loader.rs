@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aya::maps::{Array, MapData, MapError, PerCpuArray};
-use aya::programs::{BtfTracePoint, ProgramError};
+use aya::programs::{BtfTracePoint, Program, ProgramError, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader, Pod};
 use tracing::{info, warn};
 
@@ -89,8 +89,8 @@ impl ProbeConfig {
 pub enum SourceStatus {
     Attached,
     /// Not attached because no process is to be traced ([`PidSource::None`]): the syscall
-    /// and io_uring sources would measure nothing, yet the syscall hooks slow down every
-    /// syscall on the machine while attached.
+    /// and io_uring sources would measure nothing, yet while the syscall tracepoints are
+    /// attached every syscall on the machine takes the kernel's syscall-tracing path.
     NoProcess,
     /// The kernel refused this source (e.g. a tracepoint is missing); the others still work.
     Unavailable(String),
@@ -151,7 +151,7 @@ impl KernelLatency {
                 "ebpf-probes was built without BPF programs ({BUILD_ERROR})"
             )));
         }
-        bpffs::ensure_kernel_filesystems()?;
+        bpffs::ensure_bpffs()?;
         let fuse_dev = bpffs::fuse_connection_dev(&config.mount)?;
         let btf = Btf::from_sys_fs()
             .map_err(|e| ProbeError::Unavailable(format!("kernel BTF (/sys/kernel/btf/vmlinux): {e}")))?;
@@ -175,14 +175,6 @@ impl KernelLatency {
         cfg_fuse_dev
             .set(0, fuse_dev, 0)
             .map_err(map_err("cfg_fuse_dev"))?;
-        let mut cfg_syscall_op: Array<_, u32> =
-            Array::try_from(pinned_map("cfg_syscall_op")?).map_err(map_err("cfg_syscall_op"))?;
-        for (op, (_, nr)) in TRACED_SYSCALLS.iter().enumerate() {
-            // 0 means "not traced" on the BPF side.
-            cfg_syscall_op
-                .set(*nr as u32, op as u32 + 1, 0)
-                .map_err(map_err("cfg_syscall_op"))?;
-        }
 
         let sources: Vec<_> = config
             .sources
@@ -194,8 +186,7 @@ impl KernelLatency {
                 }
                 let status = match attach(&mut ebpf, source, &btf) {
                     Ok(()) => SourceStatus::Attached,
-                    Err(error) => {
-                        let reason = error_chain(&error);
+                    Err(reason) => {
                         warn!(%source, %reason, "latency source unavailable");
                         SourceStatus::Unavailable(reason)
                     }
@@ -238,7 +229,6 @@ impl KernelLatency {
         &self.sources
     }
 
-    /// Where the maps are pinned (`latency`, `cfg_tgid`, `cfg_fuse_dev`).
     /// Removes this loader's pins now, for a process about to exit while other threads may still
     /// hold the probes (their `Drop` would otherwise never run). The programs stay attached until
     /// the process exits.
@@ -246,6 +236,7 @@ impl KernelLatency {
         bpffs::remove_pin_dir(self.pin_dir())
     }
 
+    /// Where the maps are pinned (`latency`, `cfg_tgid`, `cfg_fuse_dev`).
     pub fn pin_dir(&self) -> &Path {
         self.pin_dir.path()
     }
@@ -326,29 +317,52 @@ impl KernelLatency {
     }
 }
 
-fn btf_tracepoint<'a>(ebpf: &'a mut Ebpf, program: &str) -> Result<&'a mut BtfTracePoint, ProgramError> {
-    // Programs are named after their C function, which is also the tracepoint's name.
-    let program = ebpf
-        .program_mut(program)
-        .ok_or_else(|| ProgramError::InvalidName { name: program.into() })?;
-    program.try_into()
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut P, ProgramError>
+where
+    &'a mut P: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or_else(|| ProgramError::InvalidName { name: name.into() })?
+        .try_into()
 }
 
-fn attach(ebpf: &mut Ebpf, source: Source, btf: &Btf) -> Result<(), ProgramError> {
-    // End before start: a start recorded without its end program would only age out of the LRU.
-    let btf_pair = |end: &str, start: &str, ebpf: &mut Ebpf| {
-        for name in [end, start] {
-            let program = btf_tracepoint(ebpf, name)?;
-            program.load(name, btf)?;
-            program.attach()?;
+/// Attaches one source's programs, ends before starts: a start recorded without its end program
+/// would linger in the thread's storage or the LRU. The error is the reason reported as
+/// [`SourceStatus::Unavailable`].
+fn attach(ebpf: &mut Ebpf, source: Source, btf: &Btf) -> Result<(), String> {
+    let attached = match source {
+        Source::Fuse => attach_btf(ebpf, btf, ["fuse_request_end", "fuse_request_send"]),
+        Source::IoUring => attach_btf(ebpf, btf, ["io_uring_complete", "io_uring_submit_req"]),
+        Source::Syscall => {
+            bpffs::ensure_tracefs().map_err(|error| error.to_string())?;
+            attach_syscalls(ebpf)
         }
-        Ok(())
     };
-    match source {
-        Source::Fuse => btf_pair("fuse_request_end", "fuse_request_send", ebpf),
-        Source::IoUring => btf_pair("io_uring_complete", "io_uring_submit_req", ebpf),
-        Source::Syscall => btf_pair("sys_exit", "sys_enter", ebpf),
+    attached.map_err(|error| error_chain(&error))
+}
+
+/// BTF tracepoint programs are named after their tracepoint.
+fn attach_btf(ebpf: &mut Ebpf, btf: &Btf, end_then_start: [&str; 2]) -> Result<(), ProgramError> {
+    for name in end_then_start {
+        let program: &mut BtfTracePoint = program(ebpf, name)?;
+        program.load(name, btf)?;
+        program.attach()?;
     }
+    Ok(())
+}
+
+/// The programs `sys_exit_<name>` and `sys_enter_<name>` of each traced syscall, on the
+/// tracepoints of the same names in `syscalls`.
+fn attach_syscalls(ebpf: &mut Ebpf) -> Result<(), ProgramError> {
+    for prefix in ["sys_exit_", "sys_enter_"] {
+        for (syscall, _) in TRACED_SYSCALLS {
+            let name = format!("{prefix}{syscall}");
+            let program: &mut TracePoint = program(ebpf, &name)?;
+            program.load()?;
+            program.attach("syscalls", &name)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -219,16 +219,6 @@ fn pinned_maps_dump_with_bpftool_and_stale_pins_are_removed() {
         "{clash:?}"
     );
 
-    // The syscall filter maps syscall numbers to the op index (+ 1) the histograms use.
-    let syscall_ops = dump("cfg_syscall_op");
-    let pread64 = syscall_ops
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["formatted"]["key"] == libc::SYS_pread64)
-        .unwrap_or_else(|| panic!("no pread64 in {syscall_ops:#}"));
-    assert_ne!(pread64["formatted"]["value"], 0, "{pread64:#}");
-
     // Without a process to trace, only the FUSE source is attached.
     let statuses: Vec<_> = probes
         .sources()
@@ -254,6 +244,37 @@ fn pinned_maps_dump_with_bpftool_and_stale_pins_are_removed() {
         "empty {} left behind",
         layout_dir.display()
     );
+}
+
+#[test]
+fn syscall_source_mounts_missing_tracefs() {
+    if !prerequisites(&["bindfs", "fusermount3", "unshare"]) {
+        return;
+    }
+    let _serial = serialize();
+    let dir = tempfile::tempdir().unwrap();
+    let mount = BindfsMount::new(dir.path());
+    // Skips like the other tests when this build has no BPF object.
+    if load_probes(ProbeConfig::new(&mount.mount, PidSource::None).instance("test-tracefs")).is_none() {
+        return;
+    }
+    // In a private mount namespace, so the machine's tracefs stays mounted.
+    let out = Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"umount -l /sys/kernel/tracing && "$0" "$@" && stat -f -c %T /sys/kernel/tracing"#)
+        .arg(env!("CARGO_BIN_EXE_ibd-trace"))
+        .arg("--mount")
+        .arg(&mount.mount)
+        .arg(format!("--pid={}", std::process::id()))
+        .args(["--sources=syscall", "--count=1", "--interval=100ms", "--json"])
+        .args(["--instance", "test-tracefs"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{}\n{stdout}\n{stderr}", out.status);
+    assert!(!stderr.contains("unavailable"), "{stderr}");
+    assert_eq!(stdout.lines().last(), Some("tracefs"), "{stdout}\n{stderr}");
 }
 
 /// mysqld's `--pid-file` content, once it is written.
