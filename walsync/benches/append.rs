@@ -226,8 +226,22 @@ fn write_and_sync(
     duration: Duration,
 ) -> (Samples, u64) {
     use std::os::unix::fs::FileExt;
-    let mut sizes = Sizes(seed);
     let buf = vec![0x5au8; 4096 + 16];
+    let samples = timed_commits(seed, duration, |len| {
+        // Same bytes as walsync writes: the record header plus the chunk.
+        if offset + (len + 16) as u64 > limit {
+            offset = 0;
+        }
+        file.write_all_at(&buf[..len + 16], offset).unwrap();
+        file.sync_data().unwrap();
+        offset += (len + 16) as u64;
+    });
+    (samples, offset)
+}
+
+/// Commits of [`Sizes`] lengths, each made and timed by `commit(len)`, until `duration` passed.
+fn timed_commits(seed: u64, duration: Duration, mut commit: impl FnMut(usize)) -> Samples {
+    let mut sizes = Sizes(seed);
     let mut samples = Samples {
         latencies: Vec::new(),
         bytes: 0,
@@ -235,19 +249,13 @@ fn write_and_sync(
     };
     let started = Instant::now();
     while started.elapsed() < duration {
-        // Same bytes as walsync writes: the record header plus the chunk.
         let len = sizes.next();
-        if offset + (len + 16) as u64 > limit {
-            offset = 0;
-        }
         let t = Instant::now();
-        file.write_all_at(&buf[..len + 16], offset).unwrap();
-        file.sync_data().unwrap();
+        commit(len);
         samples.latencies.push(t.elapsed());
         samples.bytes += len as u64;
-        offset += (len + 16) as u64;
     }
-    (samples, offset)
+    samples
 }
 
 /// The least any WAL service in another process could cost: each commit goes over loopback TCP to
@@ -282,24 +290,13 @@ fn tcp_floor(dir: &Path, duration: Duration) -> Samples {
     });
     let mut sock = std::net::TcpStream::connect(addr).unwrap();
     sock.set_nodelay(true).unwrap();
-    let mut sizes = Sizes(11);
     let mut message = vec![0x42u8; 4 + 4096];
     let mut answer = [0u8; 20];
-    let mut samples = Samples {
-        latencies: Vec::new(),
-        bytes: 0,
-        elapsed: duration,
-    };
-    let started = Instant::now();
-    while started.elapsed() < duration {
-        let len = sizes.next();
+    let samples = timed_commits(11, duration, |len| {
         message[..4].copy_from_slice(&(len as u32).to_le_bytes());
-        let t = Instant::now();
         sock.write_all(&message[..4 + len]).unwrap();
         sock.read_exact(&mut answer).unwrap();
-        samples.latencies.push(t.elapsed());
-        samples.bytes += len as u64;
-    }
+    });
     drop(sock);
     server.join().unwrap();
     std::fs::remove_file(path).unwrap();
@@ -461,23 +458,11 @@ impl InProcess {
     }
 
     fn run(&mut self, duration: Duration) -> Samples {
-        let mut sizes = Sizes(3);
         let data = vec![0x77u8; 4096];
-        let mut samples = Samples {
-            latencies: Vec::new(),
-            bytes: 0,
-            elapsed: duration,
-        };
-        let started = Instant::now();
-        while started.elapsed() < duration {
-            let len = sizes.next();
-            let t = Instant::now();
+        timed_commits(3, duration, |len| {
             self.tl.append(self.term, self.next_lsn, &data[..len]).unwrap();
-            samples.latencies.push(t.elapsed());
-            samples.bytes += len as u64;
             self.next_lsn += len as u64;
-        }
-        samples
+        })
     }
 }
 
