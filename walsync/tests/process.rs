@@ -810,3 +810,36 @@ fn refuses_an_unusable_data_dir_a_locked_one_and_a_taken_port() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen on"));
 }
+
+#[tokio::test]
+async fn segments_start_as_zeroed_files_once_a_writer_arrives() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut ws = Walsync::start(&data, &["--segment-size", "65536"]);
+    let c = ws.client();
+    let term = c.acquire_term("tl", None).await.unwrap().term;
+    let wal = data.join("timelines/tl/wal");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !wal.join("spare").exists() {
+        assert!(std::time::Instant::now() < deadline, "no spare segment was made");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The first segment is the spare: 64 KiB of zeros, ten records written over its start.
+    let end = fill(&c, "tl", term, 3, 5000, 10_000, 1000).await;
+    let first = wal.join(format!("{:016x}.seg", 5000));
+    assert_eq!(std::fs::metadata(&first).unwrap().len(), 65536);
+    // Two more segments' worth: each roll takes the next spare (or starts empty if it is not
+    // ready yet: slower, same WAL). The 65th record runs past the zeros and extends the file.
+    let end = fill(&c, "tl", term, 3, end, 140_000, 1000).await;
+    assert_eq!(std::fs::metadata(&first).unwrap().len(), 65 * 1016);
+    ws.kill_and_restart();
+    let c = ws.client();
+    assert_eq!(c.status("tl").await.unwrap().durable_lsn, Some(end));
+    assert_eq!(
+        c.read_wal("tl", 5000, end).await.unwrap(),
+        chunk(3, 5000, 150_000)
+    );
+    let text = scrape(&ws.url).await;
+    assert_eq!(metric(&text, "walsync_torn_tails_truncated_total"), 0.0);
+    assert_eq!(metric(&text, "walsync_corrupt_wal_found_total"), 0.0);
+}

@@ -148,7 +148,8 @@ fn next_valid_record(bytes: &[u8], offset: usize, lsn: u64) -> Option<(usize, u6
 }
 
 /// Reads every record of a segment, building its index. A run of invalid bytes followed by a
-/// valid record is corruption: it is skipped (and reported) and the scan goes on. An invalid
+/// valid record is corruption (unless it lies at or past the watermark in the last segment, where
+/// it is the torn tail): it is skipped (and reported) and the scan goes on. An invalid
 /// record with nothing valid after it: in a sealed segment (`next_start`: where the next segment
 /// starts) it is corruption up to the end. In the last segment it depends on `synced` (the
 /// watermark: WAL below it was fdatasynced): past it, a torn (never acknowledged) tail, ending the
@@ -184,7 +185,13 @@ pub fn scan(path: &Path, start_lsn: u64, next_start: Option<u64>, synced: Option
             }
             Err(reason) => reason,
         };
-        let resume = next_valid_record(&bytes, offset, entry.end_lsn)
+        // Past the watermark in the last segment nothing was acknowledged, whatever follows: a
+        // power loss keeps any subset of the pages written since the last fdatasync, so valid
+        // records after a gap there are no sign of corruption. Cut at the gap.
+        let unsynced = next_start.is_none() && synced.is_some_and(|synced| entry.end_lsn >= synced);
+        let resume = (!unsynced)
+            .then(|| next_valid_record(&bytes, offset, entry.end_lsn))
+            .flatten()
             .or_else(|| next_start.map(|next| (written, next)))
             .filter(|(_, lsn)| *lsn >= entry.end_lsn);
         match resume {
@@ -495,6 +502,25 @@ mod tests {
         std::fs::write(&path, &torn).unwrap();
         let scan = super::scan(&path, 100, None, Some(107)).unwrap();
         assert_eq!(scan.torn.unwrap().offset, records.len() as u64);
+
+        // Past the watermark a power loss kept a later record but not the one before it (zeros,
+        // or garbage): the gap is the torn tail, the record after it was never acknowledged.
+        let mut gap = records.clone();
+        let later = encode_header(110, b"klm");
+        gap.extend_from_slice(&[0; 19]);
+        gap.extend_from_slice(&later);
+        gap.extend_from_slice(b"klm");
+        gap.resize(4096, 0);
+        std::fs::write(&path, &gap).unwrap();
+        let scan = super::scan(&path, 100, None, Some(107)).unwrap();
+        assert_eq!(scan.entry.end_lsn, 107);
+        assert_eq!(scan.torn.unwrap().offset, records.len() as u64);
+        assert!(scan.corrupt.is_empty());
+        // Below the watermark the same bytes are corruption, kept, and the WAL goes on after it.
+        let scan = super::scan(&path, 100, None, Some(113)).unwrap();
+        assert!(scan.torn.is_none(), "{scan:?}");
+        assert_eq!(scan.corrupt[0].from_lsn, 107);
+        assert_eq!(scan.entry.end_lsn, 113);
 
         // Zeros where the watermark says synced WAL was: missing, said so (not a quiet end).
         std::fs::write(&path, &zeroed).unwrap();

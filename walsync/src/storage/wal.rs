@@ -22,6 +22,8 @@ use super::sync_dir;
 /// The watermark file in the WAL directory: `[u64 lsn][u32 crc32c(lsn)]`, little-endian.
 const WATERMARK_FILE: &str = "synced_lsn";
 const WATERMARK_LEN: usize = 12;
+/// Capacity of the record buffer kept between appends.
+const RECORD_BUFFER_KEPT: usize = 64 << 10;
 
 /// The writer side: owns the open tail segment.
 pub struct WalStore {
@@ -201,8 +203,7 @@ impl WalStore {
         if let Some(end) = index.end_lsn() {
             write_watermark(&watermark_file, end)?;
         }
-        let spare = SpareSegment::open(dir, segment_size)?;
-        spare.prepare_in_background();
+        let spare = SpareSegment::open(dir, segment_size);
         let store = Self {
             dir: dir.to_path_buf(),
             segment_size,
@@ -249,6 +250,12 @@ impl WalStore {
         *self.sync_state.hook.lock().unwrap() = Some(hook);
     }
 
+    /// Starts making the zeroed file the next segment starts as, unless one is ready or being
+    /// made (when a writer arrives; rolls start the next one themselves).
+    pub fn prepare_spare(&self) {
+        self.spare.prepare_in_background();
+    }
+
     /// Whether the next append starts a new segment, which needs everything written so far
     /// synced first (and no fdatasync in progress).
     pub fn needs_new_segment(&self) -> bool {
@@ -280,7 +287,10 @@ impl WalStore {
             .expect("tail segment is indexed")
             .file_len;
         let tail: &File = self.tail.as_ref().expect("tail segment is open");
-        tail.write_all_at(&self.record, offset)?;
+        let written = tail.write_all_at(&self.record, offset);
+        // Up to 16 MiB for InnoDB's largest mtr: not kept per timeline.
+        self.record.shrink_to(RECORD_BUFFER_KEPT);
+        written?;
         let mut index = self.index.write().expect("index lock");
         index.note_record(start_lsn, data.len() as u64);
         Ok(())
@@ -298,7 +308,10 @@ impl WalStore {
         let file = if self.spare.take(&path)? {
             OpenOptions::new().write(true).open(&path)?
         } else {
-            tracing::debug!(dir = %self.dir.display(), "no zeroed segment ready: starting an empty one");
+            tracing::info!(
+                dir = %self.dir.display(),
+                "no zeroed segment ready: starting an empty one (its commits are slower)"
+            );
             OpenOptions::new().write(true).create_new(true).open(&path)?
         };
         sync_dir(&self.dir)?;
@@ -518,6 +531,7 @@ mod tests {
     fn a_segment_started_from_a_spare_is_written_in_place_and_reopens_at_its_records_end() {
         let dir = tempfile::tempdir().unwrap();
         let (mut store, _) = WalStore::open(dir.path(), 4096).unwrap();
+        store.prepare_spare();
         store.spare.wait_prepared();
         append(&mut store, 0, &[1; 100]).unwrap();
         store.sync().unwrap();
@@ -535,6 +549,7 @@ mod tests {
             report.torn_tail.is_none() && report.corrupt.is_empty(),
             "{report:?}"
         );
+        store.prepare_spare();
         assert_eq!(store.reader().bounds(), Some((0, 100)));
         // The next record goes right after the first, not after the zeros.
         append(&mut store, 100, &[2; 50]).unwrap();

@@ -236,6 +236,8 @@ impl Writer {
         self.persist(header.store(&self.dir))?;
         self.state.write().expect("state lock").meta.term = term;
         tracing::info!(timeline = %self.label.timeline, term, ?durable_lsn, "granted term");
+        // A writer is here: have the segment its WAL goes to ready as zeros.
+        self.wal.prepare_spare();
         Ok(TermResponse { term, durable_lsn })
     }
 
