@@ -17,6 +17,12 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SegmentStartLabel {
+    /// `zeroed` (a spare was ready) or `empty` (commits to it are slower).
+    pub start: &'static str,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
     /// From an append (or a stream's batch) reaching its timeline to its being durable.
@@ -32,6 +38,7 @@ pub struct Metrics {
     /// CRC check of a read.
     pub corrupt_wal_found: Counter,
     pub removed_bytes: Counter,
+    pub segments_started: Family<SegmentStartLabel, Counter>,
     pub durable_lsn: Family<TimelineLabel, Gauge>,
     /// Durable LSN minus the latest checkpoint LSN: how much redo a recovery would replay.
     pub checkpoint_lag_bytes: Family<TimelineLabel, Gauge>,
@@ -53,6 +60,7 @@ impl Metrics {
             torn_tails_truncated: Counter::default(),
             corrupt_wal_found: Counter::default(),
             removed_bytes: Counter::default(),
+            segments_started: Family::default(),
             durable_lsn: Family::default(),
             checkpoint_lag_bytes: Family::default(),
             stored_bytes: Family::default(),
@@ -92,6 +100,11 @@ impl Metrics {
             m.corrupt_wal_found,
         );
         registry.register("removed_bytes", "WAL bytes removed by retention", m.removed_bytes);
+        registry.register(
+            "segments_started",
+            "WAL segments started, as a zeroed file or empty",
+            m.segments_started,
+        );
         registry.register("durable_lsn", "Durable end LSN per timeline", m.durable_lsn);
         registry.register(
             "checkpoint_lag_bytes",

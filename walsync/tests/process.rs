@@ -828,6 +828,11 @@ async fn segments_start_as_zeroed_files_once_a_writer_arrives() {
     let end = fill(&c, "tl", term, 3, 5000, 10_000, 1000).await;
     let first = wal.join(format!("{:016x}.seg", 5000));
     assert_eq!(std::fs::metadata(&first).unwrap().len(), 65536);
+    let text = scrape(&ws.url).await;
+    assert_eq!(
+        metric(&text, "walsync_segments_started_total{start=\"zeroed\"}"),
+        1.0
+    );
     // Two more segments' worth: each roll takes the next spare (or starts empty if it is not
     // ready yet: slower, same WAL). The 65th record runs past the zeros and extends the file.
     let end = fill(&c, "tl", term, 3, end, 140_000, 1000).await;

@@ -42,6 +42,22 @@ pub struct WalStore {
     sync_state: Arc<SyncState>,
 }
 
+/// How a new segment started: from a zeroed spare, or empty (no spare was ready).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegmentStart {
+    Zeroed,
+    Empty,
+}
+
+impl SegmentStart {
+    pub fn label(self) -> &'static str {
+        match self {
+            SegmentStart::Zeroed => "zeroed",
+            SegmentStart::Empty => "empty",
+        }
+    }
+}
+
 /// What every fdatasync of this store shares.
 struct SyncState {
     /// The watermark file, rewritten after each fdatasync.
@@ -270,11 +286,14 @@ impl WalStore {
 
     /// Writes one record at `start_lsn`, which the caller has checked continues the WAL. Not
     /// durable until synced (a [`SyncTarget`]). If it starts a new segment
-    /// ([`needs_new_segment`](Self::needs_new_segment)), the WAL written so far must be synced.
-    pub fn append(&mut self, start_lsn: u64, data: &[u8]) -> io::Result<()> {
-        if self.needs_new_segment() {
-            self.start_segment(start_lsn)?;
-        }
+    /// ([`needs_new_segment`](Self::needs_new_segment)), the WAL written so far must be synced;
+    /// then says how that segment started.
+    pub fn append(&mut self, start_lsn: u64, data: &[u8]) -> io::Result<Option<SegmentStart>> {
+        let started = if self.needs_new_segment() {
+            Some(self.start_segment(start_lsn)?)
+        } else {
+            None
+        };
         self.record.clear();
         self.record
             .extend_from_slice(&segment::encode_header(start_lsn, data));
@@ -293,10 +312,10 @@ impl WalStore {
         written?;
         let mut index = self.index.write().expect("index lock");
         index.note_record(start_lsn, data.len() as u64);
-        Ok(())
+        Ok(started)
     }
 
-    fn start_segment(&mut self, start_lsn: u64) -> io::Result<()> {
+    fn start_segment(&mut self, start_lsn: u64) -> io::Result<SegmentStart> {
         // The sealed segment must be durable before anything lands in its successor; the writer
         // syncs it first (through its one sync path, which also keeps the accounting).
         if self.sync_target().is_some() {
@@ -305,14 +324,15 @@ impl WalStore {
             ));
         }
         let path = self.dir.join(segment::file_name(start_lsn));
-        let file = if self.spare.take(&path)? {
-            OpenOptions::new().write(true).open(&path)?
+        let (file, started) = if self.spare.take(&path)? {
+            (OpenOptions::new().write(true).open(&path)?, SegmentStart::Zeroed)
         } else {
             tracing::info!(
                 dir = %self.dir.display(),
                 "no zeroed segment ready: starting an empty one (its commits are slower)"
             );
-            OpenOptions::new().write(true).create_new(true).open(&path)?
+            let file = OpenOptions::new().write(true).create_new(true).open(&path)?;
+            (file, SegmentStart::Empty)
         };
         sync_dir(&self.dir)?;
         self.spare.prepare_in_background();
@@ -321,7 +341,7 @@ impl WalStore {
             .write()
             .expect("index lock")
             .push(SegmentEntry::new(path, start_lsn));
-        Ok(())
+        Ok(started)
     }
 
     /// What an fdatasync now would make durable; `None` if everything written is durable.
@@ -483,7 +503,7 @@ mod tests {
         if store.needs_new_segment() {
             store.sync()?;
         }
-        store.append(lsn, data)
+        store.append(lsn, data).map(drop)
     }
 
     #[test]

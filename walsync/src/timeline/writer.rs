@@ -8,7 +8,7 @@ use ibd_api::walsync::{Checkpoint, CheckpointRecord, Geometry, GeometryRecord, T
 
 use super::State;
 use crate::error::WalError;
-use crate::metrics::{Metrics, ReasonLabel, TimelineLabel};
+use crate::metrics::{Metrics, ReasonLabel, SegmentStartLabel, TimelineLabel};
 use crate::storage::checkpoints::CheckpointLog;
 use crate::storage::wal::{SyncTarget, WalReader, WalStore};
 
@@ -191,7 +191,13 @@ impl Writer {
             // (the caller waited for any fdatasync in progress to end).
             self.sync_in_lock()?;
         }
-        self.wal.append(start_lsn, data).map_err(|e| self.fail(e))?;
+        let started = self.wal.append(start_lsn, data).map_err(|e| self.fail(e))?;
+        if let Some(started) = started {
+            let label = SegmentStartLabel {
+                start: started.label(),
+            };
+            self.metrics.segments_started.get_or_create(&label).inc();
+        }
         self.metrics.appended_bytes.inc_by(data.len() as u64);
         Ok(())
     }
