@@ -60,11 +60,13 @@ struct MountArgs {
     #[arg(long)]
     timeline: Option<String>,
     /// Load the eBPF probes on this mount and export `fuse_ibd_kernel_latency_seconds` on
-    /// `/metrics` (needs root or CAP_BPF + CAP_PERFMON).
+    /// `/metrics` (needs root or CAP_BPF + CAP_PERFMON). Costs about 5 % of a read served from
+    /// the page cache (less of slower reads); see ebpf-probes/README.md, "Overhead".
     #[arg(long)]
     ebpf: bool,
     /// mariadbd's pid file, so the probes also trace its syscalls and io_uring requests (followed
-    /// across restarts).
+    /// across restarts). The syscall tracepoints slow every process's syscalls a little: about
+    /// 7-8 % of a page-cache read in all.
     #[arg(long, requires = "ebpf")]
     ebpf_pid_file: Option<PathBuf>,
     /// Size budget of the local cache of page and generic files (e.g. 1GiB, 512MiB). Blocks the
