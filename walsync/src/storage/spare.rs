@@ -32,7 +32,7 @@ static PREPARATIONS: AtomicU64 = AtomicU64::new(0);
 pub struct SpareSegment {
     dir: PathBuf,
     size: u64,
-    /// A preparation thread is running: never two (they would write the same file).
+    /// A preparation thread is running: one at a time per store (one spare is all a roll takes).
     preparing: Arc<AtomicBool>,
 }
 
