@@ -45,13 +45,11 @@ use ebpf_probes::{KernelLatency, PidSource, ProbeConfig, ProgramStats, Source};
 use support::{load_probes, prerequisites, BindfsMount, ChildGuard, FuseIbdMount};
 
 const FILE_SIZE_MIB: usize = 256;
-/// Between switching the probes and measuring: lets fio and the daemon run into the new mode,
-/// and the kernel finish its work after a load or unload. With 300 ms the control
-/// (`EBPF_BENCH_SOURCES=io_uring`: programs that never run for psync reads) showed the "on"
-/// windows 6.7 % faster than the "off" ones; with 2.5 s, -0.6 %.
-fn settle() -> Duration {
-    Duration::from_millis(env_or("EBPF_BENCH_SETTLE_MS", 2500))
-}
+/// Default of `EBPF_BENCH_SETTLE_MS`, the pause between switching the probes and measuring: lets
+/// fio and the daemon run into the new mode, and the kernel finish its work after a load or
+/// unload. With 300 ms the control (`EBPF_BENCH_SOURCES=io_uring`: programs that never run for
+/// psync reads) showed the "on" windows 6.7 % faster than the "off" ones; with 2.5 s, -0.6 %.
+const DEFAULT_SETTLE_MS: u64 = 2500;
 /// Windows with BPF run-time statistics enabled, after the measured pairs.
 const STATS_WINDOWS: u32 = 3;
 
@@ -123,10 +121,21 @@ struct Window {
     io_syscalls_per_read: f64,
 }
 
-fn measure(fio: u32, daemon: u32, seconds: f64) -> Window {
-    std::thread::sleep(settle());
+/// How the windows are laid out (from the environment, read once).
+#[derive(Clone, Copy)]
+struct Schedule {
+    /// Off/on pairs.
+    iterations: u32,
+    /// Length of a measured window.
+    seconds: f64,
+    /// Pause after each switch, before a window.
+    settle: Duration,
+}
+
+fn measure(fio: u32, daemon: u32, schedule: Schedule) -> Window {
+    std::thread::sleep(schedule.settle);
     let start = counters(fio, daemon);
-    std::thread::sleep(Duration::from_secs_f64(seconds));
+    std::thread::sleep(Duration::from_secs_f64(schedule.seconds));
     window(&start, &counters(fio, daemon))
 }
 
@@ -308,11 +317,17 @@ struct FsResult {
 }
 
 /// Runs fio on `file` and the off/on windows; `None` if the probes are unavailable (skip).
-fn run(fs: Fs, mounted: &Mounted, file: &Path, iterations: u32, seconds: f64) -> Option<FsResult> {
+fn run(fs: Fs, mounted: &Mounted, file: &Path, schedule: Schedule) -> Option<FsResult> {
+    let Schedule {
+        iterations,
+        seconds,
+        settle,
+    } = schedule;
     let daemon = mounted.daemon_pid();
     let label = fs.name();
-    // Long enough for all windows plus probe loading; killed when done.
-    let runtime = f64::from(2 * iterations + STATS_WINDOWS) * (seconds + 2.0) + 60.0;
+    // Long enough for all windows, their pauses and probe loading; killed when done.
+    let per_window = seconds + settle.as_secs_f64() + 2.0;
+    let runtime = f64::from(2 * iterations + STATS_WINDOWS) * per_window + 60.0;
     let fio = ChildGuard(
         Command::new("fio")
             .args(["--name=randread", "--rw=randread", "--bs=16k", "--direct=1"])
@@ -360,10 +375,10 @@ fn run(fs: Fs, mounted: &Mounted, file: &Path, iterations: u32, seconds: f64) ->
         for probes_on in order {
             if probes_on {
                 let probes = load()?;
-                on.push(measure(fio_pid, daemon, seconds));
+                on.push(measure(fio_pid, daemon, schedule));
                 check_traced(&probes);
             } else {
-                off.push(measure(fio_pid, daemon, seconds));
+                off.push(measure(fio_pid, daemon, schedule));
             }
         }
         let (off, on) = (off.last().unwrap(), on.last().unwrap());
@@ -382,7 +397,7 @@ fn run(fs: Fs, mounted: &Mounted, file: &Path, iterations: u32, seconds: f64) ->
     let stats_fd = enable_stats(Stats::RunTime).expect("BPF_ENABLE_STATS");
     let mut per_program: Vec<(String, f64, f64)> = Vec::new();
     let mut syscalls_per_read = Vec::new();
-    std::thread::sleep(settle());
+    std::thread::sleep(settle);
     for _ in 0..STATS_WINDOWS {
         // Program runs and fio's reads over the same interval.
         let (before, start) = (probes.program_stats().unwrap(), counters(fio_pid, daemon));
@@ -487,8 +502,11 @@ fn main() {
     }
     // Before any measurement: a missing binary fails at once, not after the bindfs part.
     let fuse_ibd = filesystems.contains(&Fs::FuseIbd).then(fuse_ibd_binary);
-    let iterations: u32 = env_or("EBPF_BENCH_ITERATIONS", 10);
-    let seconds: f64 = env_or("EBPF_BENCH_SECONDS", 3.0);
+    let schedule = Schedule {
+        iterations: env_or("EBPF_BENCH_ITERATIONS", 10),
+        seconds: env_or("EBPF_BENCH_SECONDS", 3.0),
+        settle: Duration::from_millis(env_or("EBPF_BENCH_SETTLE_MS", DEFAULT_SETTLE_MS)),
+    };
 
     let mut results = Vec::new();
     for &fs in &filesystems {
@@ -500,7 +518,7 @@ fn main() {
             mounted.daemon_pid(),
             file.display()
         );
-        let Some(result) = run(fs, &mounted, &file, iterations, seconds) else {
+        let Some(result) = run(fs, &mounted, &file, schedule) else {
             return;
         };
         mounted.unmount();
@@ -528,8 +546,9 @@ fn main() {
         .map(|r| (r.fs.name().to_owned(), r.json))
         .collect();
     let output = serde_json::json!({
-        "iterations": iterations,
-        "window_seconds": seconds,
+        "iterations": schedule.iterations,
+        "window_seconds": schedule.seconds,
+        "settle_seconds": schedule.settle.as_secs_f64(),
         "filesystems": sections,
     });
     let out_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-results");
