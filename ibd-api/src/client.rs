@@ -146,15 +146,41 @@ impl std::fmt::Debug for HttpClient {
     }
 }
 
+/// The `host:port` to connect to for `base_url` (`http://host[:port][/]`, port 80 by default),
+/// and the authority as given (the `host` header value; `http://` + it is the normalized base URL).
+/// The one check of base URLs, for the pooled client and the append stream alike.
+pub(crate) fn http_authority(base_url: &str) -> Result<(String, String), ClientError> {
+    let invalid = || ClientError::InvalidUrl(base_url.to_string());
+    let authority = base_url
+        .strip_prefix("http://")
+        .ok_or_else(invalid)?
+        .trim_end_matches('/');
+    let bad_char = |c: char| c.is_whitespace() || "/?#@".contains(c);
+    if authority.is_empty() || authority.contains(bad_char) {
+        return Err(invalid());
+    }
+    // A port follows the last ':' unless that is inside an IPv6 literal ("[::1]").
+    let has_port = match authority.rsplit_once(':') {
+        Some((host, port)) if !port.contains(']') => {
+            if host.is_empty() || port.parse::<u16>().is_err() {
+                return Err(invalid());
+            }
+            true
+        }
+        _ => false,
+    };
+    let connect = if has_port {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    Ok((connect, authority.to_string()))
+}
+
 impl HttpClient {
     pub fn new(base_url: &str, retry: RetryPolicy) -> Result<Self, ClientError> {
-        let base = base_url.trim_end_matches('/').to_string();
-        let rest = base
-            .strip_prefix("http://")
-            .ok_or_else(|| ClientError::InvalidUrl(base_url.into()))?;
-        if rest.is_empty() || rest.contains('/') {
-            return Err(ClientError::InvalidUrl(base_url.into()));
-        }
+        let (_, authority) = http_authority(base_url)?;
+        let base = format!("http://{authority}");
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
@@ -334,6 +360,37 @@ impl std::fmt::Display for ErrorChain<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base_urls_are_parsed_not_trimmed() {
+        let ok = |url: &str| http_authority(url).unwrap();
+        assert_eq!(
+            ok("http://127.0.0.1:8082"),
+            ("127.0.0.1:8082".into(), "127.0.0.1:8082".into())
+        );
+        assert_eq!(
+            ok("http://127.0.0.1:8082/"),
+            ("127.0.0.1:8082".into(), "127.0.0.1:8082".into())
+        );
+        assert_eq!(ok("http://walsync"), ("walsync:80".into(), "walsync".into()));
+        assert_eq!(
+            ok("http://[::1]:9000"),
+            ("[::1]:9000".into(), "[::1]:9000".into())
+        );
+        assert_eq!(ok("http://[::1]").0, "[::1]:80");
+        for bad in [
+            "https://127.0.0.1:8082",
+            "127.0.0.1:8082",
+            "http://",
+            "http://host:port",
+            "http://host:8082/prefix",
+            "http://user@host:1",
+            "http://:8082",
+        ] {
+            let err = http_authority(bad).unwrap_err();
+            assert!(matches!(err, ClientError::InvalidUrl(_)), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn rejects_urls_that_are_not_plain_http_host_port() {

@@ -15,7 +15,7 @@ use hyper::{Method, StatusCode};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::client::{ClientError, HttpClient, RetryPolicy};
+use crate::client::{http_authority, ClientError, HttpClient, RetryPolicy};
 use crate::error::ErrorBody;
 
 /// Environment variable naming the walsync (safekeeper) URL.
@@ -662,36 +662,6 @@ pub struct WalAppendStream {
 /// busy` when it is serving all the connections it can).
 const STREAM_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The `host:port` to connect to for `base_url` (`http://host[:port][/]`, port 80 by default),
-/// and the `host` header value (as given).
-fn http_authority(base_url: &str) -> Result<(String, String), ClientError> {
-    let invalid = || ClientError::InvalidUrl(base_url.to_string());
-    let authority = base_url
-        .strip_prefix("http://")
-        .ok_or_else(invalid)?
-        .trim_end_matches('/');
-    let bad_char = |c: char| c.is_whitespace() || "/?#@".contains(c);
-    if authority.is_empty() || authority.contains(bad_char) {
-        return Err(invalid());
-    }
-    // A port follows the last ':' unless that is inside an IPv6 literal ("[::1]").
-    let has_port = match authority.rsplit_once(':') {
-        Some((host, port)) if !port.contains(']') => {
-            if host.is_empty() || port.parse::<u16>().is_err() {
-                return Err(invalid());
-            }
-            true
-        }
-        _ => false,
-    };
-    let connect = if has_port {
-        authority.to_string()
-    } else {
-        format!("{authority}:80")
-    };
-    Ok((connect, authority.to_string()))
-}
-
 impl WalAppendStream {
     async fn open(
         base_url: &str,
@@ -929,37 +899,6 @@ async fn read_error_body(tcp: &mut tokio::net::TcpStream, buf: &mut BytesMut, st
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stream_urls_are_parsed_not_trimmed() {
-        let ok = |url: &str| http_authority(url).unwrap();
-        assert_eq!(
-            ok("http://127.0.0.1:8082"),
-            ("127.0.0.1:8082".into(), "127.0.0.1:8082".into())
-        );
-        assert_eq!(
-            ok("http://127.0.0.1:8082/"),
-            ("127.0.0.1:8082".into(), "127.0.0.1:8082".into())
-        );
-        assert_eq!(ok("http://walsync"), ("walsync:80".into(), "walsync".into()));
-        assert_eq!(
-            ok("http://[::1]:9000"),
-            ("[::1]:9000".into(), "[::1]:9000".into())
-        );
-        assert_eq!(ok("http://[::1]").0, "[::1]:80");
-        for bad in [
-            "https://127.0.0.1:8082",
-            "127.0.0.1:8082",
-            "http://",
-            "http://host:port",
-            "http://host:8082/prefix",
-            "http://user@host:1",
-            "http://:8082",
-        ] {
-            let err = http_authority(bad).unwrap_err();
-            assert!(matches!(err, ClientError::InvalidUrl(_)), "{bad}: {err}");
-        }
-    }
 
     #[tokio::test]
     async fn opening_a_stream_gives_up_on_a_server_that_never_answers() {
