@@ -159,11 +159,7 @@ pub fn run_suite(
                         progress.step_done(&step, &describe(&run.metrics));
                         runs.push(run);
                     }
-                    Err(error) => {
-                        // Ctrl-C stops the run; only a real failure is recorded and skipped.
-                        process::check_interrupted()?;
-                        failed_steps.push(progress.step_failed(&step, &error));
-                    }
+                    Err(error) => progress.step_failed(&step, &error, failed_steps)?,
                 }
             }
         }

@@ -25,13 +25,21 @@ impl Progress {
         eprintln!("{}: {what}", self.suite);
     }
 
-    /// Reports a step that failed and returns the line the report keeps for it. A long run goes
-    /// on: one failed measurement must not throw away the others.
-    pub fn step_failed(&mut self, step: &str, error: &anyhow::Error) -> String {
+    /// Handles a step that failed. Ctrl-C stops the run (the error is returned); any other failure
+    /// is reported and its line added to `failed_steps`, for the report, and the run goes on: one
+    /// failed measurement must not throw away the others.
+    pub fn step_failed(
+        &mut self,
+        step: &str,
+        error: &anyhow::Error,
+        failed_steps: &mut Vec<String>,
+    ) -> anyhow::Result<()> {
+        crate::process::check_interrupted()?;
         let failed = format!("{} {step}: {error:#}", self.suite);
         self.step_done(step, "FAILED, left out of the medians (listed in the report)");
         eprintln!("{failed}");
-        failed
+        failed_steps.push(failed);
+        Ok(())
     }
 
     /// Reports a finished step; the ETA assumes the remaining steps take as long on average.

@@ -213,9 +213,7 @@ pub fn run_suite(
                         let metrics = match measure(settings, server, backend, workload, threads, &log) {
                             Ok(metrics) => metrics,
                             Err(error) => {
-                                // Ctrl-C stops the run; only a real failure is recorded and skipped.
-                                process::check_interrupted()?;
-                                failed_steps.push(progress.step_failed(&case, &error));
+                                progress.step_failed(&case, &error, failed_steps)?;
                                 continue;
                             }
                         };
