@@ -558,11 +558,11 @@ fn mariadb_without_doublewrite_recovers_after_fuse_ibd_dies_mid_write() {
     let root = tempfile::tempdir().unwrap();
     let pageserver = Service::start("pageserver-lite", &root.path().join("pageserver")).unwrap();
     let walsync = Service::start("walsync", &root.path().join("walsync")).unwrap();
-    let mnt = root.path().join("node/datadir");
     let rt = runtime();
     let ps = PageserverClient::new(&pageserver.url).unwrap();
     let mount = || FuseIbd::mount_node(root.path(), "node", &pageserver, &walsync, TIMELINE, &[]);
     let mut fuse = mount().unwrap();
+    let mnt = fuse.mountpoint.clone();
     install_db(&mnt, SERVER_ARGS).unwrap();
     let mut db = MariaDb::start(&mnt, SERVER_ARGS).unwrap();
     db.sql(&format!(
