@@ -163,6 +163,7 @@ fn next_valid_record(bytes: &[u8], offset: usize, lsn: u64) -> Option<(usize, u6
 pub fn scan(path: &Path, start_lsn: u64, next_start: Option<u64>, synced: Option<u64>) -> io::Result<Scan> {
     let bytes = std::fs::read(path)?;
     let written = super::spare::zero_tail_start(&bytes);
+    let written_len = written as u64;
     let mut entry = SegmentEntry::new(path.to_path_buf(), start_lsn);
     let mut corrupt = Vec::new();
     let torn = loop {
@@ -177,7 +178,6 @@ pub fn scan(path: &Path, start_lsn: u64, next_start: Option<u64>, synced: Option
                 synced_to: Some(synced),
             });
         }
-        let written_len = written as u64;
         let reason = match check_record(&bytes[offset..], entry.end_lsn) {
             Ok(len) => {
                 entry.note_record(entry.end_lsn, len);
@@ -189,9 +189,12 @@ pub fn scan(path: &Path, start_lsn: u64, next_start: Option<u64>, synced: Option
         // power loss keeps any subset of the pages written since the last fdatasync, so valid
         // records after a gap there are no sign of corruption. Cut at the gap.
         let unsynced = next_start.is_none() && synced.is_some_and(|synced| entry.end_lsn >= synced);
-        let resume = (!unsynced)
-            .then(|| next_valid_record(&bytes, offset, entry.end_lsn))
-            .flatten()
+        let valid_after = if unsynced {
+            None
+        } else {
+            next_valid_record(&bytes, offset, entry.end_lsn)
+        };
+        let resume = valid_after
             .or_else(|| next_start.map(|next| (written, next)))
             .filter(|(_, lsn)| *lsn >= entry.end_lsn);
         match resume {
