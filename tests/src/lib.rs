@@ -206,9 +206,10 @@ impl MariaDb {
             }
             if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 self.child = None;
+                // A crash prints some 45 lines of stack trace and limits after its cause.
                 bail!(
                     "mariadbd exited with {status} during start-up; error log:\n{}",
-                    self.error_log_tail(40)
+                    self.error_log_tail(100)
                 );
             }
             if started.elapsed() > timeout {
